@@ -5,6 +5,8 @@ shorter than the crop (the audio is repeated, as in the reference); evaluation
 takes evenly spaced crops of the same kind.
 """
 
+import os
+
 import numpy as np
 import soundfile
 import torch
@@ -47,10 +49,10 @@ def read_audio(path, sample_rate=16000, start=0, stop=None):
     >>> read_audio(path).shape
     torch.Size([1600])
     """
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: file not found")
     try:
         info = soundfile.info(path)
-    except FileNotFoundError:
-        raise AudioError(f"{path}: file not found") from None
     except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
         raise AudioError(f"{path}: unreadable audio ({error})") from None
     if sample_rate is not None and info.samplerate != sample_rate:

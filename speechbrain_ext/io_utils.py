@@ -116,7 +116,7 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 class CorruptFileError(RuntimeError):
-    """Raised when a file is truncated, corrupt or not in the expected format."""
+    """Raised when a file is truncated, corrupt or in an unexpected format."""
 
 
 def safe_torch_load(path, map_location="cpu"):
