@@ -7,7 +7,6 @@ or killed run never leaves a half-written file nor clobbers the last good one.
 
 import contextlib
 import os
-import pickle
 import tempfile
 
 import torch
@@ -151,15 +150,15 @@ def safe_torch_load(path, map_location="cpu"):
         raise FileNotFoundError(f"{path}: file not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error) else ""
-        raise UnsafeCheckpointError(
-            f"{path}: refused, it cannot be loaded with weights_only=True "
-            f"and would need arbitrary code to unpickle ({first_line})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error) else ""
+    except Exception as error:  # torch raises many types for bad files
+        lines = str(error).strip().splitlines()
+        detail = lines[0] if lines else type(error).__name__
+        if "weights only load failed" in str(error).lower():
+            raise UnsafeCheckpointError(
+                f"{path}: refused, it cannot be loaded with weights_only=True "
+                f"and would need arbitrary code to unpickle ({detail})"
+            ) from None
         raise CorruptFileError(
             f"{path}: cannot be read as a torch file "
-            f"({type(error).__name__}: {first_line})"
+            f"({type(error).__name__}: {detail})"
         ) from None

@@ -1382,7 +1382,7 @@ class WavLM(nn.Module):
                 f"{source}: the state dict is a {type(state_dict).__name__}, "
                 "not a dict"
             )
-        ignored = sorted(k for k in state_dict if _is_pretraining_key(k))
+        ignored = sorted(k for k in state_dict if is_pretraining_key(k))
         kept = {k: v for k, v in state_dict.items() if k not in ignored}
         _check_state_dict(self.state_dict(), kept, source)
         self.load_state_dict(kept)
@@ -1410,7 +1410,24 @@ def _normalize_valid(wavs, lengths):
     return centred * torch.rsqrt(var + 1e-5)
 
 
-def _is_pretraining_key(key):
+def is_pretraining_key(key):
+    """Whether ``key`` of an original checkpoint is a pre-training-only head.
+
+    Arguments
+    ---------
+    key : str
+        A state-dict key of the original ``WavLM-Base+.pt`` layout.
+
+    Returns
+    -------
+    bool
+        True for the masked-prediction heads that the encoder never uses.
+
+    Example
+    -------
+    >>> is_pretraining_key("mask_emb"), is_pretraining_key("layer_norm.weight")
+    (True, False)
+    """
     return key in _PRETRAINING_KEYS or key.startswith(_PRETRAINING_PREFIXES)
 
 

@@ -54,3 +54,13 @@ def test_truncated_file_is_reported_as_corrupt(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         safe_torch_load(tmp_path / "nope.pt")
+
+
+def test_truncated_pickle_is_corrupt_not_unsafe(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save(
+        {"w": torch.randn(10)}, path, _use_new_zipfile_serialization=False
+    )
+    path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(CorruptFileError, match="legacy.pt"):
+        safe_torch_load(path)

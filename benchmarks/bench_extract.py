@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Embedding extraction: batched by length vs one utterance at a time.
+
+Both paths run the same model on the same files in one process. The
+baseline is how the reference extracts embeddings: read a file, run the
+model on it alone (``torch.no_grad``), next file. Ours is
+:func:`speechbrain_ext.extraction.embed_full_utterances`: length-sorted
+padded batches with relative lengths, audio read by ``DataLoader``
+workers, ``torch.inference_mode``. Prints a table (wall and process CPU
+seconds, files/s, speed-ups, largest absolute difference between the two
+sets of embeddings) and the machine.
+
+Run::
+
+    python benchmarks/bench_extract.py --model tiny --n_files 200
+    python benchmarks/bench_extract.py --model base_plus --n_files 32
+"""
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from speechbrain_ext.checkpoints import build_architecture  # noqa: E402
+from speechbrain_ext.extraction import embed_full_utterances  # noqa: E402
+
+
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo when available)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_files(folder, n_files, min_seconds, max_seconds, seed=0):
+    """Write ``n_files`` noise-like 16 kHz wavs of random durations."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(n_files):
+        seconds = rng.uniform(min_seconds, max_seconds)
+        samples = int(seconds * 16000)
+        wav = (0.1 * rng.standard_normal(samples)).astype(np.float32)
+        path = os.path.join(folder, f"{index:05d}.wav")
+        soundfile.write(path, wav, 16000)
+        paths.append(path)
+    return paths
+
+
+def clocks():
+    """Wall-clock and process CPU seconds, as an array."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
+def one_at_a_time(model, paths, device, max_samples):
+    """The reference's loop: one file, one forward pass."""
+    rows = []
+    with torch.no_grad():
+        for path in paths:
+            wav, _ = soundfile.read(path, dtype="float32")
+            wav = torch.from_numpy(wav[:max_samples]).to(device)
+            rows.append(model(wav[None]).reshape(-1).float().cpu().numpy())
+    return np.stack(rows)
+
+
+def main(argv=None):
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="tiny", help="WavLM preset (tiny, base_plus...)"
+    )
+    parser.add_argument("--n_files", type=int, default=200)
+    parser.add_argument("--min_seconds", type=float, default=4.0)
+    parser.add_argument("--max_seconds", type=float, default=12.0)
+    parser.add_argument("--max_batch_size", type=int, default=16)
+    parser.add_argument("--max_batch_samples", type=int, default=1_000_000)
+    parser.add_argument("--num_workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    heads, compression, size = (64, 128, 256)
+    if args.model == "tiny":
+        heads, compression, size = (4, 8, 16)
+    model = build_architecture(args.model, heads, compression, size)
+    model = model.to(device).eval()
+    max_samples = 700_000
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_files(
+            folder, args.n_files, args.min_seconds, args.max_seconds
+        )
+        one_at_a_time(model, paths[:2], device, max_samples)  # warm-up
+        # Alternate the two methods and keep each one's best run: the
+        # machine may be shared, and noise only ever adds time.
+        baseline_runs, ours_runs = [], []
+        for _ in range(args.repeats):
+            start = clocks()
+            baseline = one_at_a_time(model, paths, device, max_samples)
+            baseline_runs.append(clocks() - start)
+            start = clocks()
+            ours = embed_full_utterances(
+                model,
+                paths,
+                max_samples=max_samples,
+                max_batch_size=args.max_batch_size,
+                max_batch_samples=args.max_batch_samples,
+                device=device,
+                num_workers=args.num_workers,
+                progress=False,
+            )
+            ours_runs.append(clocks() - start)
+        baseline_s, baseline_cpu = np.min(baseline_runs, axis=0)
+        ours_s, ours_cpu = np.min(ours_runs, axis=0)
+    difference = float(np.abs(ours - baseline).max())
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores "
+        f"({args.threads} torch threads), torch {torch.__version__}, "
+        f"device {device}"
+    )
+    print(
+        f"model: WavLM {args.model} + MHFA, {args.n_files} files of "
+        f"{args.min_seconds:g}-{args.max_seconds:g} s"
+    )
+    print(
+        f"batches: <= {args.max_batch_size} files, <= "
+        f"{args.max_batch_samples} padded samples; {args.num_workers} "
+        f"loader worker(s); best of {args.repeats} alternated runs"
+    )
+    print(
+        f"{'method':<20} {'wall s':>8} {'files/s':>8} {'speed-up':>9} "
+        f"{'CPU s':>8} {'speed-up (CPU)':>15}"
+    )
+    for name, seconds, cpu in (
+        ("one at a time", baseline_s, baseline_cpu),
+        ("batched by length", ours_s, ours_cpu),
+    ):
+        print(
+            f"{name:<20} {seconds:>8.2f} {args.n_files / seconds:>8.1f} "
+            f"{baseline_s / seconds:>8.2f}x {cpu:>8.2f} "
+            f"{baseline_cpu / cpu:>14.2f}x"
+        )
+    print(f"max |difference| of embeddings: {difference:.2e}")
+    return baseline_s / ours_s, difference
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Convert a checkpoint of the reference code into this recipe's formats.
+
+The reference (theolepage/wavlm_ssl_sv) saves the ``state_dict`` of its
+``SpeakerNet`` (``__S__.model.*`` WavLM, ``__S__.backend.*`` MHFA,
+``__L__.weight`` AAM head, possibly prefixed ``module.``); the WavLM
+architecture comes from the pre-trained ``WavLM-Base+.pt``. Writes
+
+- ``OUTPUT/`` an exported pretrained folder (loads with SpeechBrain's
+  ``SpeakerRecognition.from_hparams(source=OUTPUT)``), and
+- ``OUTPUT/save/CKPT+converted/`` a training checkpoint
+  (``embedding_model.ckpt``, ``classifier.ckpt``) usable as
+  ``--model_source`` of the extraction / evaluation stages or as
+  ``--init_from`` of LMFT.
+
+To run::
+
+    python recipes/convert_original.py --checkpoint model000000015.model \\
+        --wavlm WavLM-Base+.pt --output_folder DIR \\
+        [--dev_trials TRIALS --data_folder WAVROOT]
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
+
+from data_prep.voxceleb import TrialListError  # noqa: E402
+from speechbrain_ext.audio import AudioError  # noqa: E402
+from speechbrain_ext.checkpoints import CheckpointMismatchError  # noqa: E402
+from speechbrain_ext.classifier import CosineClassifier  # noqa: E402
+from speechbrain_ext.convert import (  # noqa: E402
+    ReferenceCheckpointError,
+    convert_reference,
+)
+from speechbrain_ext.export import calibrate_threshold, export_model  # noqa: E402
+from speechbrain_ext.io_utils import (  # noqa: E402
+    CorruptFileError,
+    UnsafeCheckpointError,
+    safe_torch_load,
+)
+from speechbrain_ext.metrics import TrialLabelError  # noqa: E402
+from speechbrain_ext.scoring import read_trials  # noqa: E402
+from speechbrain_ext.stage_utils import pick_device  # noqa: E402
+from speechbrain_ext.wavlm import WavLMCheckpointError, load_wavlm  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+INPUT_ERRORS = (
+    AudioError,
+    CheckpointMismatchError,
+    CorruptFileError,
+    FileNotFoundError,
+    ReferenceCheckpointError,
+    TrialLabelError,
+    TrialListError,
+    UnsafeCheckpointError,
+    WavLMCheckpointError,
+)
+
+
+def parse_args(argv):
+    """Command-line options (see the module docstring).
+
+    Arguments
+    ---------
+    argv : list of str
+        Arguments after the script name.
+
+    Returns
+    -------
+    argparse.Namespace
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="state dict saved by the reference code",
+    )
+    parser.add_argument(
+        "--wavlm",
+        required=True,
+        help="the pre-trained WavLM (original .pt or HF "
+        "folder) the reference was fine-tuned from",
+    )
+    parser.add_argument("--output_folder", required=True)
+    parser.add_argument(
+        "--dev_trials",
+        default=None,
+        help="trial list to calibrate the threshold",
+    )
+    parser.add_argument(
+        "--data_folder", default=None, help="wav root of --dev_trials"
+    )
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    if args.dev_trials and not args.data_folder:
+        parser.error("--dev_trials needs --data_folder")
+    return args
+
+
+def convert(args):
+    """Convert, save the training checkpoint, export the folder.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        From :func:`parse_args`.
+
+    Returns
+    -------
+    dict
+        Provenance written to ``export_info.json``.
+    """
+    state = safe_torch_load(args.checkpoint)
+    wavlm = load_wavlm(args.wavlm)
+    model, classifier_weight, ignored = convert_reference(
+        state, wavlm, args.checkpoint
+    )
+    logger.info(
+        "%s: %d tensors converted, %d pre-training-only keys ignored",
+        args.checkpoint,
+        len(state) - len(ignored),
+        len(ignored),
+    )
+    recoverables = {"embedding_model": model}
+    if classifier_weight is not None:
+        classifier = CosineClassifier(
+            classifier_weight.shape[1], classifier_weight.shape[0]
+        )
+        classifier.weight.data.copy_(classifier_weight)
+        recoverables["classifier"] = classifier
+    save = os.path.join(args.output_folder, "save")
+    shutil.rmtree(os.path.join(save, "CKPT+converted"), ignore_errors=True)
+    Checkpointer(save, recoverables).save_checkpoint(
+        name="converted", meta={"converted_from": args.checkpoint}
+    )
+    info = {
+        "source": os.path.abspath(args.checkpoint),
+        "wavlm": os.path.abspath(args.wavlm),
+        "ignored_keys": ignored,
+    }
+    threshold = None
+    if args.dev_trials:
+        device = pick_device(args.device)
+        trials = read_trials(args.dev_trials)
+        threshold, dev_eer = calibrate_threshold(
+            model.to(device), trials, args.data_folder, device=device
+        )
+        model.cpu()
+        info["threshold_origin"] = (
+            f"EER point of the full-utterance cosine on "
+            f"{os.path.abspath(trials.path)} (EER {dev_eer:.2f}%)"
+        )
+        info["dev_EER_percent"] = dev_eer
+    export_model(model, args.output_folder, threshold, info)
+    logger.info("wrote %s and %s/CKPT+converted", args.output_folder, save)
+    return info
+
+
+def main(argv):
+    """Run the conversion from the command line."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        convert(args)
+    except INPUT_ERRORS as error:
+        sys.exit(str(error).strip("'\""))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

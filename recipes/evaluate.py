@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Speaker verification evaluation of a trained WavLM + MHFA model.
+
+Embeds every file of a trial list (``LABEL ENROL TEST``, VoxCeleb1-O/E/H
+format) as 15 evenly spaced 4 s crops plus the full utterance (capped), the
+reference protocol, and scores every trial by each method of
+``hparams/evaluate.yaml`` (reference averaged cosine, plain full-utterance
+cosine, and AS-norm of each when a cohort is given). Writes score files, a
+``metrics.json`` (EER in percent, normalised minDCF at P_target 0.05 and
+0.01, per method; the top-level keys are those of the first method) and a
+DET curve. Embeddings are cached per file, so re-scoring is fast.
+
+To run::
+
+    python recipes/evaluate.py hparams/evaluate.yaml --data_folder=WAVROOT \\
+        --trials=veri_test2.txt --model_source=OUT/save --output_folder=EVAL
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_prep.voxceleb import TrialListError  # noqa: E402
+from speechbrain_ext.audio import AudioError  # noqa: E402
+from speechbrain_ext.checkpoints import (  # noqa: E402
+    CheckpointMismatchError,
+    load_embedding_model,
+    weights_fingerprint,
+)
+from speechbrain_ext.embeddings_io import (  # noqa: E402
+    EmbeddingsFileError,
+    load_embeddings,
+)
+from speechbrain_ext.export import embedding_size  # noqa: E402
+from speechbrain_ext.extraction import evaluation_embeddings  # noqa: E402
+from speechbrain_ext.io_utils import (  # noqa: E402
+    CorruptFileError,
+    UnsafeCheckpointError,
+    atomic_open,
+)
+from speechbrain_ext.metrics import (  # noqa: E402
+    TrialLabelError,
+    plot_det,
+    split_scores,
+    verification_metrics,
+)
+from speechbrain_ext.scoring import (  # noqa: E402
+    METHODS,
+    check_files_exist,
+    read_trials,
+    score_methods,
+    write_scores,
+)
+from speechbrain_ext.stage_utils import (  # noqa: E402
+    load_stage_hparams,
+    pick_device,
+)
+
+logger = logging.getLogger(__name__)
+
+INPUT_ERRORS = (
+    AudioError,
+    CheckpointMismatchError,
+    CorruptFileError,
+    EmbeddingsFileError,
+    FileNotFoundError,
+    TrialLabelError,
+    TrialListError,
+    UnsafeCheckpointError,
+)
+
+UNITS = {
+    "EER": "percent",
+    "minDCF": "normalised detection cost, C_miss = C_fa = 1",
+}
+
+
+def load_cohort(path, size, seed):
+    """Cohort embeddings for AS-norm (a random subset of ``size`` rows).
+
+    Arguments
+    ---------
+    path : str or None
+        An embeddings file; None disables AS-norm.
+    size : int or None
+        Rows kept (all when None or larger than the file).
+    seed : int
+        Seed of the subset.
+
+    Returns
+    -------
+    numpy.ndarray or None
+    """
+    if not path:
+        return None
+    _, matrix = load_embeddings(path)
+    if size and size < matrix.shape[0]:
+        rows = np.random.default_rng(seed).choice(
+            matrix.shape[0], size, replace=False
+        )
+        matrix = matrix[np.sort(rows)]
+    return matrix
+
+
+def evaluate(hparams, device, progress=True):
+    """Embed, score every method, write scores, metrics and the DET curve.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hparams.
+    device : str
+        Where the model runs.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        The content of ``metrics.json``.
+    """
+    methods = list(hparams["methods"])
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        sys.exit(f"methods={methods}: choose among {', '.join(METHODS)}")
+    trials = read_trials(hparams["trials"])
+    split_scores(np.zeros(len(trials.labels)), trials.labels, trials.path)
+    files = trials.files
+    check_files_exist(files, hparams["data_folder"], trials.path)
+    cohort = load_cohort(
+        hparams["cohort_embeddings"], hparams["cohort_size"], hparams["seed"]
+    )
+    model, origin = load_embedding_model(
+        hparams["model_source"], hparams["embedding_model"]
+    )
+    if cohort is not None and cohort.shape[1] != embedding_size(model):
+        sys.exit(
+            f"{hparams['cohort_embeddings']}: cohort embeddings of dimension "
+            f"{cohort.shape[1]}, the model's are {embedding_size(model)} "
+            "(the cohort must be embedded with the same model)"
+        )
+    model.to(device)
+    output = hparams["output_folder"]
+    os.makedirs(output, exist_ok=True)
+
+    start = time.perf_counter()
+    crops, full = evaluation_embeddings(
+        model,
+        files,
+        hparams["data_folder"],
+        hparams["embeddings_cache"],
+        weights_fingerprint(origin),
+        n_crops=hparams["n_crops"],
+        crop_samples=hparams["crop_samples"],
+        max_samples=hparams["max_samples"],
+        crop_files_per_batch=hparams["crop_files_per_batch"],
+        max_batch_size=hparams["max_batch_size"],
+        max_batch_samples=hparams["max_batch_samples"],
+        device=device,
+        num_workers=hparams["num_workers"],
+        progress=progress,
+    )
+    embed_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    scores = score_methods(
+        trials,
+        files,
+        full,
+        crops,
+        methods=methods,
+        cohort=cohort,
+        top_k=hparams["asnorm_top_k"],
+    )
+    results = {
+        name: verification_metrics(values, trials.labels, trials.path)
+        for name, values in scores.items()
+    }
+    score_seconds = time.perf_counter() - start
+
+    for name, values in scores.items():
+        write_scores(os.path.join(output, f"scores_{name}.txt"), values, trials)
+    main_method = methods[0]
+    write_scores(
+        os.path.join(output, "scores.txt"), scores[main_method], trials
+    )
+    plot_det(
+        {
+            name: split_scores(values, trials.labels, trials.path)
+            for name, values in scores.items()
+        },
+        os.path.join(output, "det.png"),
+        title=os.path.basename(trials.path),
+    )
+    main = results[main_method]
+    summary = {
+        "trials": os.path.abspath(trials.path),
+        "model": os.path.abspath(origin),
+        "main_method": main_method,
+        "EER": main["EER"],
+        "minDCF_0.05": main["minDCF_0.05"],
+        "minDCF_0.01": main["minDCF_0.01"],
+        "units": UNITS,
+        "n_trials": int(len(trials.labels)),
+        "n_files": len(files),
+        "methods": results,
+        "embedding_seconds": embed_seconds,
+        "scoring_seconds": score_seconds,
+    }
+    with atomic_open(os.path.join(output, "metrics.json")) as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def print_table(summary):
+    """Print one row per scoring method.
+
+    Arguments
+    ---------
+    summary : dict
+        The result of :func:`evaluate`.
+    """
+    print(f"{summary['trials']} ({summary['n_trials']} trials)")
+    print(f"{'method':<20} {'EER %':>8} {'minDCF0.05':>11} {'minDCF0.01':>11}")
+    for name, row in summary["methods"].items():
+        print(
+            f"{name:<20} {row['EER']:>8.3f} {row['minDCF_0.05']:>11.4f} "
+            f"{row['minDCF_0.01']:>11.4f}"
+        )
+
+
+def main(argv):
+    """Run the stage from the command line (see the module docstring)."""
+    _, run_opts, hparams = load_stage_hparams(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = evaluate(
+            hparams,
+            pick_device(run_opts.device),
+            progress=not run_opts.noprogressbar,
+        )
+    except INPUT_ERRORS as error:
+        sys.exit(str(error).strip("'\""))
+    print_table(summary)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

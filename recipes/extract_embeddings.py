@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Embeddings of every utterance of a list (or a wav tree), batched.
+
+One embedding per full utterance (capped at ``max_samples``, 700,000 like
+the reference), from a training checkpoint or an exported model folder,
+written in the embeddings file format (``Dict[str, Tensor]``, keys relative
+to the wav root) atomically, with the fast-load cache beside it. Utterances
+are sorted by length into padded batches (the model ignores the padding,
+so the embeddings equal one-at-a-time extraction); work is saved in shards
+so an interrupted run over 1.1 M files resumes where it stopped.
+
+To run::
+
+    python recipes/extract_embeddings.py hparams/extract_embeddings.yaml \\
+        --data_folder=WAVROOT --model_source=OUT/save --output_file=E.pt \\
+        [--utterance_list=LIST] [--device=cuda:0]
+"""
+
+import logging
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from speechbrain_ext.audio import AudioError  # noqa: E402
+from speechbrain_ext.checkpoints import (  # noqa: E402
+    CheckpointMismatchError,
+    load_embedding_model,
+    weights_fingerprint,
+)
+from speechbrain_ext.embeddings_io import save_embeddings  # noqa: E402
+from speechbrain_ext.extraction import (  # noqa: E402
+    UtteranceListError,
+    embed_in_shards,
+    find_wavs,
+    read_utterance_list,
+)
+from speechbrain_ext.io_utils import (  # noqa: E402
+    CorruptFileError,
+    UnsafeCheckpointError,
+)
+from speechbrain_ext.scoring import check_files_exist  # noqa: E402
+from speechbrain_ext.stage_utils import (  # noqa: E402
+    load_stage_hparams,
+    pick_device,
+)
+
+logger = logging.getLogger(__name__)
+
+INPUT_ERRORS = (
+    AudioError,
+    CheckpointMismatchError,
+    CorruptFileError,
+    FileNotFoundError,
+    UnsafeCheckpointError,
+    UtteranceListError,
+)
+
+
+def list_utterances(hparams):
+    """The keys to embed: the utterance list's paths, or the whole tree.
+
+    Arguments
+    ---------
+    hparams : dict
+        ``data_folder`` and ``utterance_list``.
+
+    Returns
+    -------
+    list of str
+    """
+    data_folder = hparams["data_folder"]
+    if not os.path.isdir(data_folder):
+        raise FileNotFoundError(f"{data_folder}: data_folder not found")
+    if hparams["utterance_list"]:
+        keys = read_utterance_list(hparams["utterance_list"])
+        check_files_exist(keys, data_folder, hparams["utterance_list"])
+    else:
+        keys = find_wavs(data_folder)
+        if not keys:
+            raise FileNotFoundError(f"{data_folder}: no .wav files")
+    return keys
+
+
+def extract(hparams, device, progress=True):
+    """Embed every utterance and write the embeddings file.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hparams.
+    device : str
+        Where the model runs.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    int
+        Number of utterances embedded.
+    """
+    keys = list_utterances(hparams)
+    model, origin = load_embedding_model(
+        hparams["model_source"], hparams["embedding_model"]
+    )
+    model.to(device)
+    logger.info("%d utterances, model from %s", len(keys), origin)
+    shard_folder = hparams["output_file"] + ".shards"
+    paths = [os.path.join(hparams["data_folder"], key) for key in keys]
+    matrix = embed_in_shards(
+        model,
+        paths,
+        keys,
+        shard_folder,
+        shard_size=hparams["shard_size"],
+        fingerprint=f"{weights_fingerprint(origin)}:{hparams['max_samples']}",
+        max_samples=hparams["max_samples"],
+        max_batch_size=hparams["max_batch_size"],
+        max_batch_samples=hparams["max_batch_samples"],
+        device=device,
+        num_workers=hparams["num_workers"],
+        progress=progress,
+    )
+    save_embeddings((keys, matrix), hparams["output_file"])
+    shutil.rmtree(shard_folder, ignore_errors=True)
+    logger.info("wrote %s (%d x %d)", hparams["output_file"], *matrix.shape)
+    return len(keys)
+
+
+def main(argv):
+    """Run the stage from the command line (see the module docstring)."""
+    _, run_opts, hparams = load_stage_hparams(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        extract(
+            hparams,
+            pick_device(run_opts.device),
+            progress=not run_opts.noprogressbar,
+        )
+    except INPUT_ERRORS as error:
+        sys.exit(str(error).strip("'\""))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,166 @@
+"""The evaluation stage on the tiny corpus: outputs, cache, bad input."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from speechbrain_ext import extraction
+from speechbrain_ext.checkpoints import build_architecture
+from speechbrain_ext.embeddings_io import save_embeddings
+from speechbrain_ext.metrics import verification_metrics
+from speechbrain_ext.scoring import read_trials
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
+TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
+# Small crops keep the test fast; the protocol is the same.
+TINY += ["--n_crops=3", "--crop_samples=16000"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_architecture("tiny", 4, 8, 16)
+    save = tmp_path_factory.mktemp("train") / "save"
+    Checkpointer(save, {"embedding_model": model}).save_checkpoint()
+    return str(save)
+
+
+def evaluate(argv, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    spec = importlib.util.spec_from_file_location(
+        "evaluate", os.path.join(ROOT, "recipes", "evaluate.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["hparams/evaluate.yaml"] + TINY + argv)
+
+
+def test_outputs_metrics_and_cache(
+    tiny_corpus, checkpoint, tmp_path, monkeypatch, capsys
+):
+    rng = np.random.default_rng(0)
+    cohort = tmp_path / "cohort.pt"
+    save_embeddings(
+        ([f"c/{i}.wav" for i in range(30)], rng.normal(size=(30, 16))), cohort
+    )
+    output = tmp_path / "eval"
+    argv = [
+        f"--data_folder={tiny_corpus['data_folder']}",
+        f"--trials={tiny_corpus['trials']}",
+        f"--model_source={checkpoint}",
+        f"--output_folder={output}",
+        f"--cohort_embeddings={cohort}",
+        "--asnorm_top_k=5",
+    ]
+    evaluate(argv, monkeypatch)
+    summary = json.loads((output / "metrics.json").read_text())
+    methods = ["reference", "reference_asnorm", "cosine", "cosine_asnorm"]
+    assert list(summary["methods"]) == methods
+    assert summary["units"]["EER"] == "percent"
+    for key in ("EER", "minDCF_0.05", "minDCF_0.01"):
+        assert summary[key] == summary["methods"]["reference"][key]
+
+    trials = read_trials(tiny_corpus["trials"])
+    lines = (output / "scores.txt").read_text().splitlines()
+    assert len(lines) == len(trials.labels)
+    fields = [line.split() for line in lines]
+    assert [f[2:] for f in fields] == [
+        [e, t] for e, t in zip(trials.enrol, trials.test)
+    ]
+    recomputed = verification_metrics(
+        [float(f[0]) for f in fields], [int(f[1]) for f in fields]
+    )
+    assert recomputed["EER"] == pytest.approx(summary["EER"], abs=1e-3)
+    for name in methods:
+        assert (output / f"scores_{name}.txt").exists()
+    assert (output / "det.png").read_bytes()[:4] == b"\x89PNG"
+    assert "reference_asnorm" in capsys.readouterr().out
+
+    # Re-scoring reuses the cached embeddings: no model call at all.
+    def fail(*args, **kwargs):
+        raise AssertionError("embeddings were recomputed")
+
+    monkeypatch.setattr(extraction, "embed_full_utterances", fail)
+    monkeypatch.setattr(extraction, "embed_crops", fail)
+    evaluate(argv[:-2] + ["--methods=[cosine]"], monkeypatch)
+    again = json.loads((output / "metrics.json").read_text())
+    assert list(again["methods"]) == ["cosine"]
+    assert again["EER"] == summary["methods"]["cosine"]["EER"]
+
+
+def test_missing_files_are_listed(
+    tiny_corpus, checkpoint, tmp_path, monkeypatch
+):
+    trials = tmp_path / "trials.txt"
+    lines = open(tiny_corpus["trials"]).read().splitlines()[:4]
+    lines += ["1 gone/a/1.wav gone/b/2.wav", "0 gone/a/1.wav gone/c/3.wav"]
+    trials.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "eval"
+    with pytest.raises(SystemExit) as error:
+        evaluate(
+            [
+                f"--data_folder={tiny_corpus['data_folder']}",
+                f"--trials={trials}",
+                f"--model_source={checkpoint}",
+                f"--output_folder={output}",
+            ],
+            monkeypatch,
+        )
+    message = str(error.value)
+    assert "3 of " in message and "audio file(s) missing" in message
+    assert "gone/a/1.wav, gone/b/2.wav, gone/c/3.wav" in message
+    assert not output.exists()
+
+
+def test_one_class_trial_list(tiny_corpus, checkpoint, tmp_path, monkeypatch):
+    trials = tmp_path / "trials.txt"
+    targets = [
+        line
+        for line in open(tiny_corpus["trials"]).read().splitlines()
+        if line.startswith("1 ")
+    ]
+    trials.write_text("\n".join(targets) + "\n")
+    with pytest.raises(SystemExit, match="no non-target \\(0\\) trials"):
+        evaluate(
+            [
+                f"--data_folder={tiny_corpus['data_folder']}",
+                f"--trials={trials}",
+                f"--model_source={checkpoint}",
+                f"--output_folder={tmp_path / 'eval'}",
+            ],
+            monkeypatch,
+        )
+    assert not (tmp_path / "eval").exists()
+
+
+def test_cohort_of_another_model_is_refused(
+    tiny_corpus, checkpoint, tmp_path, monkeypatch
+):
+    cohort = tmp_path / "cohort.pt"
+    save_embeddings((["c/v/1.wav"], np.ones((1, 8))), cohort)
+    with pytest.raises(SystemExit, match="dimension 8, the model's are 16"):
+        evaluate(
+            [
+                f"--data_folder={tiny_corpus['data_folder']}",
+                f"--trials={tiny_corpus['trials']}",
+                f"--model_source={checkpoint}",
+                f"--output_folder={tmp_path / 'eval'}",
+                f"--cohort_embeddings={cohort}",
+            ],
+            monkeypatch,
+        )
+    assert not (tmp_path / "eval").exists()

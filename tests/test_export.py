@@ -1,0 +1,208 @@
+"""Export -> load through SpeechBrain alone in a fresh process -> verify."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from speechbrain.utils.checkpoints import Checkpointer
+
+from speechbrain_ext.audio import read_audio
+from speechbrain_ext.checkpoints import build_architecture
+from speechbrain_ext.export import calibrate_threshold
+from speechbrain_ext.inference import WavLMSpeakerVerification
+from speechbrain_ext.scoring import read_trials
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
+TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_architecture("tiny", 4, 8, 16).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tiny_corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    save = folder / "train" / "save"
+    Checkpointer(save, {"embedding_model": model}).save_checkpoint()
+    spec = importlib.util.spec_from_file_location(
+        "export_pretrained",
+        os.path.join(ROOT, "recipes", "export_pretrained.py"),
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        module.main(
+            ["hparams/export_pretrained.yaml"]
+            + TINY
+            + [
+                f"--model_source={folder / 'train'}",
+                f"--output_folder={folder / 'model'}",
+                f"--dev_trials={tiny_corpus['trials']}",
+                f"--data_folder={tiny_corpus['data_folder']}",
+            ]
+        )
+    finally:
+        os.chdir(cwd)
+    return str(folder / "model")
+
+
+def test_folder_content_and_calibrated_threshold(exported, model, tiny_corpus):
+    assert sorted(os.listdir(exported)) == [
+        "README.md",
+        "custom.py",
+        "embedding_model.ckpt",
+        "export_info.json",
+        "hyperparams.yaml",
+    ]
+    with open(os.path.join(exported, "hyperparams.yaml")) as f:
+        stored = yaml.safe_load(f.read().split("\nwavlm_config:")[0])
+    expected, _ = calibrate_threshold(
+        model,
+        read_trials(tiny_corpus["trials"]),
+        tiny_corpus["data_folder"],
+        progress=False,
+    )
+    assert stored["threshold"] == pytest.approx(expected, abs=1e-6)
+    info = json.loads(open(os.path.join(exported, "export_info.json")).read())
+    assert "EER point" in info["threshold_origin"]
+    assert (
+        "SpeakerRecognition.from_hparams"
+        in open(os.path.join(exported, "README.md")).read()
+    )
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    from speechbrain.inference.interfaces import foreign_class
+    from speechbrain.inference.speaker import SpeakerRecognition
+    from speechbrain.utils.fetching import FetchConfig
+
+    folder, savedir, wavs_file, file_a, file_b = sys.argv[1:]
+    offline = FetchConfig(allow_network=False)
+    model = SpeakerRecognition.from_hparams(
+        source=folder, savedir=savedir + "/sb", fetch_config=offline
+    )
+    batch = torch.from_numpy(np.load(wavs_file))
+    lens = torch.tensor([1.0, 0.5])
+    padded = model.encode_batch(batch, lens)
+    alone = model.encode_batch(batch[1:, : batch.shape[1] // 2])
+    score, decision = model.verify_files(file_a, file_b)
+    custom = foreign_class(
+        source=folder, pymodule_file="custom.py",
+        classname="WavLMSpeakerVerification", savedir=savedir + "/fc",
+        fetch_config=offline,
+    )
+    custom_score, custom_decision = custom.verify_files(file_a, file_b)
+    print(json.dumps({
+        "padded": padded.tolist(),
+        "alone": alone.tolist(),
+        "score": score.tolist(),
+        "decision": decision.tolist(),
+        "custom_score": custom_score.tolist(),
+        "custom_decision": custom_decision.tolist(),
+        "threshold": custom.threshold,
+        "modules": sorted(sys.modules),
+    }))
+    """
+)
+
+
+def test_speechbrain_loads_it_in_a_fresh_process(
+    exported, model, tiny_corpus, tmp_path
+):
+    trials = read_trials(tiny_corpus["trials"])
+    file_a, file_b = (
+        os.path.join(tiny_corpus["data_folder"], f)
+        for f in (trials.enrol[0], trials.test[0])
+    )
+    wavs = torch.randn(2, 16000) * 0.1
+    np.save(tmp_path / "wavs.npy", wavs.numpy())
+    environment = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, exported, str(tmp_path),
+         str(tmp_path / "wavs.npy"), file_a, file_b],
+        capture_output=True, text=True, env=environment, cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+
+    with torch.no_grad():
+        expected = model(wavs)
+        expected_a = model(read_audio(file_a)[None])
+        expected_b = model(read_audio(file_b)[None])
+    padded = torch.tensor(out["padded"])
+    assert padded.shape == (2, 1, 16)
+    torch.testing.assert_close(padded[0], expected[0], atol=1e-5, rtol=0)
+    # wav_lens honoured: the half-length row equals that half alone.
+    torch.testing.assert_close(
+        padded[1], torch.tensor(out["alone"])[0], atol=1e-5, rtol=0
+    )
+    cosine = torch.nn.functional.cosine_similarity(
+        expected_a[0], expected_b[0], dim=-1
+    )
+    assert out["score"] == pytest.approx(cosine.tolist(), abs=1e-5)
+    assert out["decision"] == [out["score"][0] > 0.25]
+    assert out["custom_score"] == pytest.approx(out["score"], abs=1e-6)
+    assert out["custom_decision"] == [out["score"][0] > out["threshold"]]
+    assert not any(m.startswith("recipes") for m in out["modules"])
+
+
+def test_stored_threshold_drives_decisions(exported, tmp_path):
+    model = WavLMSpeakerVerification.from_hparams(
+        source=exported, savedir=str(tmp_path / "sd")
+    )
+    wavs = torch.randn(1, 16000) * 0.1
+    score, decision = model.verify_batch(wavs, wavs * 0.5)
+    assert decision.item() == (score.item() > model.threshold)
+    _, forced = model.verify_batch(wavs, wavs * 0.5, threshold=2.0)
+    assert not forced.item()
+
+
+@pytest.mark.parametrize(
+    "missing", ["embedding_model.ckpt", "hyperparams.yaml"]
+)
+def test_folder_missing_a_file_is_a_clear_error(exported, tmp_path, missing):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    os.remove(broken / missing)
+    with pytest.raises(FileNotFoundError) as error:
+        WavLMSpeakerVerification.from_hparams(
+            source=str(broken), savedir=str(tmp_path / "sd")
+        )
+    assert str(error.value) == (
+        f"{broken}: exported model folder is missing {missing} (expected "
+        "hyperparams.yaml, embedding_model.ckpt, see "
+        "recipes/export_pretrained.py)"
+    )

@@ -1,0 +1,295 @@
+"""Batched extraction equals one-at-a-time; shards resume; the stage script."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from speechbrain_ext import extraction
+from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
+from speechbrain_ext.checkpoints import (
+    CheckpointNotFoundError,
+    build_architecture,
+    find_checkpoint,
+)
+from speechbrain_ext.embeddings_io import load_embeddings
+from speechbrain_ext.export import export_model
+from speechbrain_ext.extraction import (
+    embed_crops,
+    embed_full_utterances,
+    embed_in_shards,
+    length_batches,
+    read_utterance_list,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
+TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The test machine is shared: extra threads only add contention here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_architecture("tiny", 4, 8, 16).eval()
+
+
+@pytest.fixture(scope="module")
+def paths(tiny_corpus):
+    keys = read_utterance_list(tiny_corpus["train_list"])[::8]
+    return [os.path.join(tiny_corpus["data_folder"], k) for k in keys]
+
+
+def one_at_a_time(model, paths, max_samples=None):
+    with torch.no_grad():
+        return np.stack(
+            [
+                model(read_audio(p, stop=max_samples)[None])[0, 0].numpy()
+                for p in paths
+            ]
+        )
+
+
+def test_length_batches_bounds():
+    lengths = [5, 50, 7, 6, 40, 8]
+    batches = length_batches(lengths, max_batch_size=2, max_batch_samples=90)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for batch in batches:
+        assert len(batch) <= 2
+        assert (
+            len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 90
+        )
+    assert batches[0] == [0, 3]
+
+
+def test_batched_equals_one_at_a_time_and_is_deterministic(model, paths):
+    expected = one_at_a_time(model, paths)
+    lengths = [soundfile.info(p).frames for p in paths]
+    assert len(set(lengths)) > 1, "the test needs utterances of many lengths"
+    batched = embed_full_utterances(
+        model, paths, max_samples=None, max_batch_size=4, progress=False
+    )
+    np.testing.assert_allclose(batched, expected, atol=1e-4, rtol=0)
+    again = embed_full_utterances(
+        model, paths, max_samples=None, max_batch_size=4, progress=False
+    )
+    assert np.array_equal(batched, again)
+
+
+def test_cap_on_full_utterance(model, paths):
+    capped = embed_full_utterances(
+        model, paths[:3], max_samples=20_000, progress=False
+    )
+    np.testing.assert_allclose(
+        capped, one_at_a_time(model, paths[:3], 20_000), atol=1e-4, rtol=0
+    )
+
+
+def test_crops_wrap_pad_short_audio(model, tmp_path):
+    short = tmp_path / "short.wav"
+    wav = np.random.default_rng(0).normal(0, 0.1, 6000).astype(np.float32)
+    soundfile.write(short, wav, 16000)
+    crops = embed_crops(
+        model, [str(short)], crop_samples=16_000, n_crops=3, progress=False
+    )
+    assert crops.shape == (1, 3, 16)
+    with torch.no_grad():
+        expected = model(wrap_pad(torch.from_numpy(wav), 16_000)[None])
+    for crop in crops[0]:
+        np.testing.assert_allclose(crop, expected[0, 0], atol=1e-5, rtol=0)
+
+
+def test_shards_resume_and_recompute(model, paths, tmp_path, monkeypatch):
+    keys = [f"k{i}" for i in range(len(paths))]
+    folder = str(tmp_path / "shards")
+    first = embed_in_shards(
+        model,
+        paths,
+        keys,
+        folder,
+        shard_size=2,
+        fingerprint="A",
+        progress=False,
+    )
+    assert sorted(os.listdir(folder)) == [
+        "shard_00000.pt",
+        "shard_00001.pt",
+        "shard_00002.pt",
+    ]
+    calls = []
+    original = extraction.embed_full_utterances
+
+    def counting(model, shard_paths, **kwargs):
+        calls.append(len(shard_paths))
+        return original(model, shard_paths, **kwargs)
+
+    monkeypatch.setattr(extraction, "embed_full_utterances", counting)
+    os.remove(os.path.join(folder, "shard_00001.pt"))
+    last = os.path.join(folder, "shard_00002.pt")
+    with open(last, "rb") as f:
+        data = f.read()
+    with open(last, "wb") as f:
+        f.write(data[: len(data) // 2])
+    resumed = embed_in_shards(
+        model,
+        paths,
+        keys,
+        folder,
+        shard_size=2,
+        fingerprint="A",
+        progress=False,
+    )
+    assert calls == [2, 2]
+    assert np.array_equal(first, resumed)
+    calls.clear()
+    embed_in_shards(
+        model,
+        paths,
+        keys,
+        folder,
+        shard_size=2,
+        fingerprint="B",
+        progress=False,
+    )
+    assert calls == [2, 2, 2]
+
+
+def load_recipe(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "recipes", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_checkpoint(model, folder):
+    save = os.path.join(folder, "save")
+    Checkpointer(save, {"embedding_model": model}).save_checkpoint()
+    return save
+
+
+def run_script(argv):
+    module = load_recipe("extract_embeddings")
+    module.main(["hparams/extract_embeddings.yaml"] + argv)
+
+
+def test_stage_script_writes_the_embeddings_file(
+    model, tiny_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(ROOT)
+    save = save_checkpoint(model, str(tmp_path / "train"))
+    output = tmp_path / "emb.pt"
+    run_script(
+        TINY
+        + [
+            f"--data_folder={tiny_corpus['data_folder']}",
+            f"--utterance_list={tiny_corpus['train_list']}",
+            f"--model_source={save}",
+            f"--output_file={output}",
+            "--shard_size=16",
+        ]
+    )
+    keys, matrix = load_embeddings(output)
+    assert keys == read_utterance_list(tiny_corpus["train_list"])
+    paths = [os.path.join(tiny_corpus["data_folder"], k) for k in keys[:4]]
+    np.testing.assert_allclose(
+        matrix[:4], one_at_a_time(model, paths, 700_000), atol=1e-4, rtol=0
+    )
+    assert not os.path.exists(str(output) + ".shards")
+
+
+def test_stage_script_errors(model, tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    save = save_checkpoint(model, str(tmp_path / "train"))
+    output = tmp_path / "emb.pt"
+    common = [f"--data_folder={tiny_corpus['data_folder']}"]
+    with pytest.raises(SystemExit, match="'model_source' is a !PLACEHOLDER"):
+        run_script(common + [f"--output_file={output}"])
+    with pytest.raises(SystemExit, match="Override 'batch' not found"):
+        run_script(
+            common
+            + [f"--model_source={save}", f"--output_file={output}", "--batch=2"]
+        )
+    bad_list = tmp_path / "list.txt"
+    bad_list.write_text("id0 nowhere/x/1.wav\nid0 nowhere/x/2.wav\n")
+    with pytest.raises(SystemExit, match="2 of 2 audio file.* missing"):
+        run_script(
+            TINY
+            + common
+            + [
+                f"--utterance_list={bad_list}",
+                f"--model_source={save}",
+                f"--output_file={output}",
+            ]
+        )
+    with pytest.raises(SystemExit, match="does not fit the model"):
+        run_script(
+            TINY[:-3]
+            + ["--emb_dim=32", "--num_workers=0", "--noprogressbar"]
+            + common
+            + [f"--model_source={save}", f"--output_file={output}"]
+        )
+    assert sorted(os.listdir(tmp_path)) == ["list.txt", "train"]
+
+
+def test_exported_folder_as_source_gives_the_same_embeddings(
+    model, tiny_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(ROOT)
+    export_model(model, str(tmp_path / "exported"))
+    save = save_checkpoint(model, str(tmp_path / "train"))
+    outputs = {}
+    for name, source in (("ckpt", save), ("exported", tmp_path / "exported")):
+        outputs[name] = tmp_path / f"{name}.pt"
+        # A wrong architecture in the hparams does not matter for an
+        # exported folder, which carries its own.
+        wrong = [a.replace("emb_dim=16", "emb_dim=32") for a in TINY]
+        run_script(
+            (TINY if name == "ckpt" else wrong)
+            + [
+                f"--data_folder={tiny_corpus['data_folder']}",
+                f"--utterance_list={tiny_corpus['train_list']}",
+                f"--model_source={source}",
+                f"--output_file={outputs[name]}",
+            ]
+        )
+    keys, from_ckpt = load_embeddings(outputs["ckpt"])
+    assert load_embeddings(outputs["exported"])[0] == keys
+    assert np.array_equal(load_embeddings(outputs["exported"])[1], from_ckpt)
+
+
+def test_bad_audio_is_refused_before_extraction(model, tmp_path):
+    stereo = tmp_path / "stereo.wav"
+    soundfile.write(stereo, np.zeros((800, 2), np.float32), 16000)
+    with pytest.raises(AudioError, match="stereo.wav: 16000 Hz, 2 channel"):
+        embed_full_utterances(model, [str(stereo)], progress=False)
+    with pytest.raises(AudioError, match="stereo.wav"):
+        embed_crops(model, [str(stereo)], progress=False)
+
+
+def test_latest_complete_checkpoint_is_used(model, tmp_path):
+    save = save_checkpoint(model, str(tmp_path))
+    complete = find_checkpoint(save)
+    # A newer save killed before its CKPT.yaml was written is skipped.
+    broken = os.path.join(save, "CKPT+9999-12-31+23-59-59+00")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "embedding_model.ckpt"), "wb") as f:
+        f.write(b"trunc")
+    assert find_checkpoint(save) == complete
+    assert find_checkpoint(str(tmp_path)) == complete
+    assert find_checkpoint(complete) == complete
+    with pytest.raises(CheckpointNotFoundError, match="no embedding_model"):
+        find_checkpoint(str(tmp_path / "nowhere"))
