@@ -1,0 +1,126 @@
+"""Build the WavLM + MHFA embedding model from hparams values.
+
+``build_embedding_model`` loads the pre-trained WavLM when a checkpoint is
+given and otherwise builds a randomly initialised one from a named preset
+(with a loud warning), then sizes the MHFA back-end from the WavLM.
+"""
+
+import logging
+
+from speechbrain_ext.embedding_model import WavLMMHFA
+from speechbrain_ext.mhfa import MHFA
+from speechbrain_ext.wavlm import WavLM, WavLMConfig, load_wavlm
+
+logger = logging.getLogger(__name__)
+
+PRESETS = ("tiny", "base", "base_plus", "large")
+
+
+def wavlm_config(preset="base_plus", **overrides):
+    """A :class:`WavLMConfig` preset by name.
+
+    Arguments
+    ---------
+    preset : str
+        One of ``tiny``, ``base``, ``base_plus``, ``large``.
+    **overrides
+        Fields to change.
+
+    Returns
+    -------
+    WavLMConfig
+
+    Example
+    -------
+    >>> wavlm_config("tiny", encoder_layers=3).encoder_layers
+    3
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"wavlm_preset={preset!r}: expected one of {PRESETS}")
+    return getattr(WavLMConfig, preset)(**overrides)
+
+
+def build_wavlm(pretrained_path=None, preset="base_plus", **overrides):
+    """Pre-trained WavLM from ``pretrained_path``, or a random one.
+
+    Arguments
+    ---------
+    pretrained_path : str or None
+        ``WavLM-Base+.pt`` (original layout) or a Hugging Face folder. None
+        builds a randomly initialised model from ``preset`` and warns loudly.
+    preset : str
+        Preset for the random model (ignored when a checkpoint is given).
+    **overrides
+        Config fields of the random model (e.g. ``encoder_layerdrop=0.0``).
+
+    Returns
+    -------
+    WavLM
+
+    Example
+    -------
+    >>> build_wavlm(None, "tiny").config.encoder_layers
+    2
+    """
+    if pretrained_path:
+        wavlm = load_wavlm(pretrained_path)
+        expected = wavlm_config(preset, **overrides)
+        shape = ("encoder_layers", "encoder_embed_dim", "conv_layers")
+        if any(getattr(wavlm.config, f) != getattr(expected, f) for f in shape):
+            logger.warning(
+                "%s does not have the architecture of wavlm_preset=%s; set "
+                "wavlm_preset (and wavlm_overrides) to match it, since "
+                "extraction and export rebuild the model from them",
+                pretrained_path,
+                preset,
+            )
+        return wavlm
+    logger.warning(
+        "pretrained_wavlm is null: WavLM (%s) is RANDOMLY INITIALISED. This "
+        "is only meant for tests and demos; give --pretrained_wavlm=PATH for "
+        "real training.",
+        preset,
+    )
+    return WavLM(wavlm_config(preset, **overrides))
+
+
+def build_embedding_model(
+    pretrained_path=None,
+    preset="base_plus",
+    n_heads=64,
+    compression_size=128,
+    output_size=256,
+    wavlm_overrides=None,
+):
+    """WavLM (pre-trained or random) followed by an MHFA sized to match it.
+
+    Arguments
+    ---------
+    pretrained_path : str or None
+        See :func:`build_wavlm`.
+    preset : str
+        See :func:`build_wavlm`.
+    n_heads, compression_size, output_size : int
+        MHFA sizes (64, 128, 256 in the reference).
+    wavlm_overrides : dict, optional
+        Config fields of a random WavLM.
+
+    Returns
+    -------
+    WavLMMHFA
+
+    Example
+    -------
+    >>> model = build_embedding_model(None, "tiny", 4, 8, 16)
+    >>> model.mhfa.n_layers
+    3
+    """
+    wavlm = build_wavlm(pretrained_path, preset, **(wavlm_overrides or {}))
+    mhfa = MHFA(
+        n_layers=wavlm.config.encoder_layers + 1,
+        input_size=wavlm.config.encoder_embed_dim,
+        n_heads=n_heads,
+        compression_size=compression_size,
+        output_size=output_size,
+    )
+    return WavLMMHFA(wavlm, mhfa)

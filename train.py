@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+"""Fine-tune WavLM + MHFA on pseudo-labels (a round, or LMFT).
+
+Loss: AAM-softmax cross-entropy per sample; the dynamic loss gate leaves out
+samples whose log-loss lies above the crossing of a 2-component GMM fitted on
+the previous epoch (from ``gate_start_epoch``); label correction re-labels
+rejected samples from their clean view (from ``lc_start_epoch``); L2-SP keeps
+the transformer near its pre-trained weights.
+
+DDP: ``batch_size`` is the global batch. Every process takes an equal slice
+of each global batch; per-sample losses are gathered so the gate, the loss
+normalisation and the recorded losses are those of the global batch, and one
+step of N processes equals one step of a single process.
+
+Usage::
+
+    python train.py hparams/round1.yaml --data_folder=WAVROOT \\
+        --train_list=PL.txt --pretrained_wavlm=WavLM-Base+.pt \\
+        --output_folder=OUT [--noise_folder=MUSAN --rir_folder=RIRS]
+    torchrun --nproc_per_node=2 train.py hparams/round1.yaml ...
+"""
+
+import logging
+import os
+import sys
+
+import numpy as np
+import ruamel.yaml
+import soundfile
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from data_prep.augmentation import prepare_augmentation
+from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
+from speechbrain_ext.augment import build_augmenter
+from speechbrain_ext.io_utils import safe_torch_load
+from speechbrain_ext.l2sp import L2SP, normalised_loss
+from speechbrain_ext.label_correction import correct_labels
+from speechbrain_ext.loss_gate import default_plot_path
+from speechbrain_ext.sampler import SpeakerBalancedBatchSampler
+
+logger = logging.getLogger(__name__)
+
+STAT_KEYS = (
+    "samples",
+    "kept",
+    "rejected",
+    "corrected",
+    "bad_audio",
+    "ce_sum",
+    "gated_loss_sum",
+    "steps",
+)
+
+
+class TrainListError(ValueError):
+    """Raised for an unusable train list (one line naming the problem)."""
+
+
+@register_checkpoint_hooks
+class EpochStats:
+    """Counters of the running epoch, saved in intra-epoch checkpoints.
+
+    Example
+    -------
+    >>> stats = EpochStats()
+    >>> stats.add(samples=4, kept=3)
+    >>> stats.counts["kept"]
+    3.0
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Zero all counters."""
+        self.counts = dict.fromkeys(STAT_KEYS, 0.0)
+
+    def add(self, **values):
+        """Add to counters.
+
+        Arguments
+        ---------
+        **values
+            Counter name -> amount.
+        """
+        for key, value in values.items():
+            self.counts[key] += float(value)
+
+    @mark_as_saver
+    def save(self, path):
+        """Write the counters.
+
+        Arguments
+        ---------
+        path : str
+            File to write.
+        """
+        torch.save(self.counts, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Read the counters.
+
+        Arguments
+        ---------
+        path : str
+            File to read.
+        end_of_epoch : bool
+            At the end of an epoch the counters start from zero.
+        """
+        self.reset()
+        if not end_of_epoch:
+            self.counts.update(safe_torch_load(path))
+
+
+def freeze_wavlm(wavlm):
+    """Freeze everything of WavLM except its transformer layers.
+
+    Arguments
+    ---------
+    wavlm : speechbrain_ext.wavlm.WavLM
+        Modified in place.
+
+    Returns
+    -------
+    speechbrain_ext.wavlm.WavLM
+        The same module.
+    """
+    wavlm.requires_grad_(False)
+    for layer in wavlm.transformer_layers():
+        layer.requires_grad_(True)
+    return wavlm
+
+
+def _unwrap(module):
+    return module.module if hasattr(module, "module") else module
+
+
+def _step_seed(*key):
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+
+
+class PseudoLabelBrain(sb.core.Brain):
+    """Brain for pseudo-label fine-tuning (rounds and LMFT).
+
+    Expects ``modules`` ``embedding_model`` (WavLMMHFA) and ``classifier``
+    (CosineClassifier), and hparams ``aam_loss``, ``loss_gate``, the
+    learning rates and the gate/LC settings of ``hparams/round1.yaml``.
+    Only the MHFA, the head and the transformer layers are trained.
+
+    Arguments
+    ---------
+    l2sp : L2SP, optional
+        The regulariser with its anchor weights; by default a snapshot of
+        the WavLM as given (call :func:`freeze_wavlm` first).
+    **kwargs
+        Passed to :class:`speechbrain.core.Brain`.
+    """
+
+    def __init__(self, l2sp=None, **kwargs):
+        super().__init__(**kwargs)
+        wavlm = freeze_wavlm(self.modules.embedding_model.wavlm)
+        self.l2sp = (L2SP(wavlm) if l2sp is None else l2sp).to(self.device)
+        self.stats = EpochStats()
+        self.epoch = 0
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("epoch_stats", self.stats)
+
+    def world_size(self):
+        """Number of DDP processes (1 without DDP)."""
+        if torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return 1
+
+    def _gather(self, tensor):
+        if self.world_size() == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size())]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=-1)
+
+    def _all_sum(self, tensor):
+        if self.world_size() > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def lc_active(self, epoch):
+        """Whether label correction runs in ``epoch``.
+
+        Arguments
+        ---------
+        epoch : int
+            1-based epoch.
+
+        Returns
+        -------
+        bool
+        """
+        return epoch >= self.hparams.lc_start_epoch and (
+            self.hparams.loss_gate.active(epoch)
+        )
+
+    def on_fit_batch_start(self, batch, should_step):
+        """Seed dropout etc. from (seed, epoch, step, rank): resumable.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            Unused.
+        should_step : bool
+            Unused.
+        """
+        rank = int(os.environ.get("RANK", 0))
+        torch.manual_seed(
+            _step_seed(self.hparams.seed, self.epoch, self.step, rank)
+        )
+
+    def compute_forward(self, batch, stage):
+        """Embed the augmented view and score it against every class.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            With ``aug`` waveforms ``[B, S]`` (equal lengths, unpadded).
+        stage : sb.Stage
+            Training only.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, n_classes]`` cosines.
+        """
+        wavs = batch.aug.data.to(self.device)
+        embeddings = self.modules.embedding_model(wavs)
+        return self.modules.classifier(embeddings)
+
+    def compute_objectives(self, cosine, batch, stage):
+        """Gate, label correction and the normalised loss.
+
+        The L2-SP term's gradient is added in :meth:`optimizers_step`.
+
+        Arguments
+        ---------
+        cosine : torch.Tensor
+            ``[B, n_classes]`` from :meth:`compute_forward`.
+        batch : PaddedBatch
+            With ``label``, ``ok`` and (for LC) ``clean``.
+        stage : sb.Stage
+            Training only.
+
+        Returns
+        -------
+        torch.Tensor
+            The scalar objective.
+        """
+        hp = self.hparams
+        labels = batch.label.data.reshape(-1).to(self.device)
+        ok = batch.ok.data.reshape(-1).to(self.device)
+        ce = hp.aam_loss(cosine, labels)
+        gathered = self._gather(torch.stack([ce.detach(), ok.float()]))
+        ce_all, ok_all = gathered[0], gathered[1].bool()
+        log_ce = torch.log(ce.detach().clamp_min(1e-30))
+        log_ce_all = torch.log(ce_all.clamp_min(1e-30))
+        keep = hp.loss_gate.keep_mask(log_ce, self.epoch) & ok
+        keep_all = hp.loss_gate.keep_mask(log_ce_all, self.epoch) & ok_all
+        hp.loss_gate.record(log_ce_all[ok_all])
+        world = self.world_size()
+        n_valid = ok_all.sum()
+        kept_sum = (ce * keep).sum()
+        kept_sum_all = (ce_all * keep_all).sum()
+        corrected = torch.zeros(2, device=self.device)
+        if self.lc_active(self.epoch):
+            corrected_sum, n_corrected = self._corrected_loss(
+                cosine, batch, ok & ~keep
+            )
+            kept_sum = kept_sum + corrected_sum
+            corrected = self._all_sum(
+                torch.stack([corrected_sum.detach(), n_corrected])
+            )
+            denominator = n_valid.clamp_min(1)
+        else:
+            denominator = keep_all.sum().clamp_min(1)
+        loss = world * kept_sum / denominator
+        global_loss = (kept_sum_all + corrected[0]) / denominator
+        # One device-to-host copy for all counters.
+        counts = torch.stack(
+            [
+                n_valid.float(),
+                keep_all.sum().float(),
+                (ok_all & ~keep_all).sum().float(),
+                corrected[1],
+                (~ok_all).sum().float(),
+                (ce_all * ok_all).sum(),
+                global_loss.detach(),
+            ]
+        ).tolist()
+        self.stats.add(**dict(zip(STAT_KEYS, counts)), steps=1)
+        return normalised_loss(loss, scale=global_loss)
+
+    def clean_embeddings(self, batch, index):
+        """Embeddings of the clean views of some samples, without gradients.
+
+        Only label correction needs them, and only for rejected samples.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            With ``clean`` waveforms.
+        index : torch.Tensor
+            Rows of the batch.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[len(index), 1, emb]``.
+        """
+        clean = batch.clean.data[index.cpu()].to(self.device)
+        model = _unwrap(self.modules.embedding_model)
+        with torch.no_grad():
+            return model(clean)
+
+    def _corrected_loss(self, cosine, batch, rejected):
+        """CE against corrected labels of rejected, confident samples."""
+        zero = torch.zeros((), device=self.device)
+        if not bool(rejected.any()):
+            return zero, zero
+        hp = self.hparams
+        index = rejected.nonzero().squeeze(1)
+        clean_emb = self.clean_embeddings(batch, index)
+        weight = _unwrap(self.modules.classifier).weight.detach()
+        new_labels, confident, _ = correct_labels(
+            clean_emb, weight, hp.lc_temperature, hp.lc_min_prob
+        )
+        if not bool(confident.any()):
+            return zero, zero
+        rows = index[confident]
+        ce = hp.aam_loss(cosine[rows], new_labels[confident])
+        return ce.sum(), confident.sum().float()
+
+    def fit_batch(self, batch):
+        """One step; returns the mean CE of the batch for the progress bar.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            The batch.
+
+        Returns
+        -------
+        torch.Tensor
+            Mean per-sample CE (all valid samples of the global batch).
+        """
+        before = dict(self.stats.counts)
+        super().fit_batch(batch)
+        samples = self.stats.counts["samples"] - before["samples"]
+        ce_sum = self.stats.counts["ce_sum"] - before["ce_sum"]
+        return torch.tensor(ce_sum / max(samples, 1.0))
+
+    def optimizers_step(self):
+        """Add the L2-SP gradient, then step (every accumulation cycle)."""
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        self.l2sp.add_gradient(
+            _unwrap(self.modules.embedding_model).wavlm,
+            self.hparams.l2sp_weight,
+            self.hparams.l2sp_eps,
+            grad_scale=scale,
+        )
+        super().optimizers_step()
+
+    def init_optimizers(self):
+        """AdamW with the reference's parameter groups and the LR decay."""
+        hp = self.hparams
+        model = _unwrap(self.modules.embedding_model)
+        backend = list(model.mhfa.parameters()) + list(
+            _unwrap(self.modules.classifier).parameters()
+        )
+        groups = [{"params": backend, "lr": hp.lr_backend}]
+        for i, layer in enumerate(model.wavlm.transformer_layers()):
+            groups.append(
+                {
+                    "params": list(layer.parameters()),
+                    "lr": hp.lr_wavlm * hp.llrd**i,
+                }
+            )
+        self.optimizer = self.opt_class(groups)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(
+            self.optimizer, gamma=hp.lr_decay
+        )
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+            self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def on_stage_start(self, stage, epoch=None):
+        """Remember the epoch.
+
+        Arguments
+        ---------
+        stage : sb.Stage
+            Training only.
+        epoch : int
+            1-based epoch.
+        """
+        self.epoch = epoch
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Fit the next gate threshold, decay the LR, log, checkpoint.
+
+        Arguments
+        ---------
+        stage : sb.Stage
+            Training only.
+        stage_loss : float
+            Average of :meth:`fit_batch` values.
+        epoch : int
+            1-based epoch.
+        """
+        hp = self.hparams
+        used = hp.loss_gate.threshold if hp.loss_gate.active(epoch) else None
+        plot = default_plot_path(hp.plot_folder, epoch)
+        gate = hp.loss_gate.end_epoch(
+            epoch, plot if if_main_process() else None
+        )
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr_scheduler.step()
+        counts = self.stats.counts
+        samples = max(counts["samples"], 1.0)
+        train_stats = {
+            "loss": counts["ce_sum"] / samples,
+            "gated_loss": counts["gated_loss_sum"] / max(counts["steps"], 1.0),
+            "kept_fraction": counts["kept"] / samples,
+            "threshold": "none" if used is None else round(used, 4),
+            "next_threshold": "none"
+            if gate["threshold"] is None
+            else round(gate["threshold"], 4),
+            "corrected": int(counts["corrected"]),
+            "rejected": int(counts["rejected"]),
+            "bad_audio": int(counts["bad_audio"]),
+        }
+        if gate["degenerate"]:
+            reason = gate["degenerate"].replace(",", ";")
+            train_stats["gate_fit"] = f"degenerate ({reason})"
+        hp.train_logger.log_stats(
+            stats_meta={
+                "epoch": epoch,
+                "lr_backend": lrs[0],
+                "lr_wavlm": lrs[1] if len(lrs) > 1 else 0.0,
+            },
+            train_stats=train_stats,
+        )
+        self.stats.reset()
+        self.checkpointer.save_and_keep_only(
+            meta={"epoch": epoch, "loss": train_stats["loss"]},
+            num_to_keep=hp.ckpt_to_keep,
+        )
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **kw):
+        """Build the train loader around the already distributed sampler.
+
+        SpeechBrain would wrap a batch sampler in a
+        ``DistributedSamplerWrapper`` (whole batches per process); ours
+        gives each process its slice of every global batch instead.
+
+        Arguments
+        ---------
+        dataset : DynamicItemDataset
+            The training set.
+        stage : sb.Stage
+            Training only.
+        ckpt_prefix : str
+            Checkpoint name prefix of the loader (saves its position).
+        **kw
+            DataLoader options, including ``batch_sampler``.
+
+        Returns
+        -------
+        SaveableDataLoader
+        """
+        self.train_sampler = kw["batch_sampler"]
+        loader = sb.dataio.dataloader.make_dataloader(dataset, **kw)
+        if self.checkpointer is not None and ckpt_prefix is not None:
+            self.checkpointer.add_recoverable(ckpt_prefix + stage.name, loader)
+        return loader
+
+
+def read_train_list(path, data_folder, n_classes):
+    """Read ``LABEL RELPATH`` lines and check labels and files.
+
+    Arguments
+    ---------
+    path : str
+        The list (pseudo-labels from ``recipes/pseudo_label.py``).
+    data_folder : str
+        Root the paths are relative to.
+    n_classes : int
+        Number of classes of the AAM head.
+
+    Returns
+    -------
+    labels : list of int
+    paths : list of str
+        Absolute paths.
+
+    Raises
+    ------
+    TrainListError
+        Naming the problem: malformed lines, non-integer or negative labels,
+        labels >= ``n_classes``, missing files (count and first few).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "a.wav"), "w")
+    >>> with open(os.path.join(folder, "pl.txt"), "w") as f:
+    ...     _ = f.write("3 a.wav\\n")
+    >>> read_train_list(os.path.join(folder, "pl.txt"), folder, 4)[0]
+    [3]
+    """
+    if not os.path.isfile(path):
+        raise TrainListError(f"{path}: train list not found")
+    labels, paths, bad = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                bad.append(f"line {number}: {line.strip()!r}")
+                continue
+            label, relpath = fields
+            if not label.isdigit():
+                bad.append(f"line {number}: label {label!r}")
+                continue
+            labels.append(int(label))
+            paths.append(os.path.join(data_folder, relpath))
+    if bad:
+        raise TrainListError(
+            f"{path}: {len(bad)} lines are not 'LABEL RELPATH' with a "
+            f"non-negative integer label, e.g. {'; '.join(bad[:3])}"
+        )
+    if not labels:
+        raise TrainListError(f"{path}: empty train list")
+    too_big = sorted({x for x in labels if x >= n_classes})
+    if too_big:
+        raise TrainListError(
+            f"{path}: {len(too_big)} label values >= n_classes={n_classes} "
+            f"(e.g. {too_big[:5]}); set --n_classes to at least "
+            f"{max(labels) + 1}"
+        )
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise TrainListError(
+            f"{path}: {len(missing)} of {len(paths)} listed files are missing "
+            f"under {data_folder}, e.g. {missing[:3]}"
+        )
+    return labels, paths
+
+
+def augmentation_folder(hparams):
+    """Where the MUSAN / RIR manifests are written.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded hparams.
+
+    Returns
+    -------
+    str
+    """
+    return os.path.join(hparams["output_folder"], "augmentation")
+
+
+def dataio_prep(hparams, labels, paths):
+    """Dataset (clean crop, augmented view, label) and its batch sampler.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded hparams.
+    labels : list of int
+        Pseudo-label of each utterance.
+    paths : list of str
+        Audio files.
+
+    Returns
+    -------
+    dataset : DynamicItemDataset
+    sampler : SpeakerBalancedBatchSampler
+    """
+    data = {
+        str(i): {"idx": i, "path": p, "label": y}
+        for i, (p, y) in enumerate(zip(paths, labels))
+    }
+    dataset = sb.dataio.dataset.DynamicItemDataset(data)
+    sampler = SpeakerBalancedBatchSampler(
+        labels,
+        hparams["batch_size"],
+        hparams["max_per_speaker"],
+        seed=hparams["seed"],
+    )
+    folder = augmentation_folder(hparams)
+    names = {"music": "music", "speech": "speech", "noise": "noise"}
+    names["rir"] = "rirs"
+    csv_files = {
+        kind: os.path.join(folder, f"{name}.csv")
+        for kind, name in names.items()
+        if os.path.isfile(os.path.join(folder, f"{name}.csv"))
+    }
+    augmenter = build_augmenter(
+        csv_files, hparams["music_only_for_babble_music"]
+    )
+    crop = hparams["crop_samples"]
+    rate = hparams["sample_rate"]
+    seed = hparams["seed"]
+
+    @sb.utils.data_pipeline.takes("path", "idx")
+    @sb.utils.data_pipeline.provides("clean", "aug", "ok")
+    def audio_pipeline(path, idx):
+        """Random crop (wrap-padded) and its augmented view."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_step_seed(seed, sampler.epoch, idx))
+            try:
+                frames = soundfile.info(path).frames
+                start = int(torch.randint(0, max(1, frames - crop + 1), ()))
+                wav = read_audio(path, rate, start, min(frames, start + crop))
+                clean, ok = wrap_pad(wav, crop), True
+            except (AudioError, soundfile.LibsndfileError, OSError) as error:
+                logger.warning("Skipping unreadable audio: %s", error)
+                clean, ok = torch.zeros(crop), False
+            yield clean
+            yield augmenter(clean)[0] if ok else clean
+            yield torch.tensor([ok])
+
+    dataset.add_dynamic_item(audio_pipeline)
+    dataset.set_output_keys(["id", "clean", "aug", "ok", "label"])
+    return dataset, sampler
+
+
+def init_from_checkpoint(path, embedding_model, classifier):
+    """Load ``embedding_model`` and ``classifier`` from a round's checkpoint.
+
+    Arguments
+    ---------
+    path : str
+        A ``CKPT+...`` folder, or a save folder (its latest end-of-epoch
+        checkpoint is used).
+    embedding_model : torch.nn.Module
+        Receives ``embedding_model.ckpt``.
+    classifier : torch.nn.Module
+        Receives ``classifier.ckpt`` (same number of classes).
+
+    Returns
+    -------
+    str
+        The checkpoint folder used.
+    """
+    folder = path
+    if not os.path.isfile(os.path.join(folder, "embedding_model.ckpt")):
+        ckpt = sb.utils.checkpoints.Checkpointer(path).find_checkpoint(
+            ckpt_predicate=lambda c: "brain_intra_epoch_ckpt" not in c.meta
+        )
+        if ckpt is None:
+            raise FileNotFoundError(f"{path}: no training checkpoint found")
+        folder = str(ckpt.path)
+    for name, module in (("embedding_model", embedding_model),):
+        module.load_state_dict(
+            safe_torch_load(os.path.join(folder, f"{name}.ckpt"))
+        )
+    state = safe_torch_load(os.path.join(folder, "classifier.ckpt"))
+    if state["weight"].shape != classifier.weight.shape:
+        raise ValueError(
+            f"{folder}/classifier.ckpt: weight {tuple(state['weight'].shape)}"
+            f", expected {tuple(classifier.weight.shape)} (n_classes, emb)"
+        )
+    classifier.load_state_dict(state)
+    return folder
+
+
+def preview_hparams(hparams_file, overrides):
+    """Plain values of the hparams, before any object is built.
+
+    Unknown override keys and missing ``!PLACEHOLDER`` inputs exit with one
+    line naming the key, so nothing is written.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The yaml file.
+    overrides : dict or str
+        Command-line overrides.
+
+    Returns
+    -------
+    dict
+        Top-level values with references resolved (tags left unbuilt).
+    """
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            text = resolve_references(
+                fin, overrides, overrides_must_match=True
+            ).getvalue()
+    except KeyError as error:
+        sys.exit(f"{hparams_file}: {error.args[0]}")
+    except ValueError as error:
+        if "PLACEHOLDER" not in str(error):
+            raise
+        sys.exit(f"{hparams_file}: required input missing: {error}")
+    return ruamel.yaml.YAML(typ="rt").load(text)
+
+
+def main(argv):
+    """Run training from command-line arguments.
+
+    Arguments
+    ---------
+    argv : list of str
+        ``hparams.yaml`` followed by overrides.
+
+    Returns
+    -------
+    PseudoLabelBrain
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    preview = preview_hparams(hparams_file, overrides)
+    try:
+        labels, paths = read_train_list(
+            preview["train_list"], preview["data_folder"], preview["n_classes"]
+        )
+    except TrainListError as error:
+        sys.exit(str(error))
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    run_on_main(
+        prepare_augmentation,
+        args=[augmentation_folder(hparams)],
+        kwargs={
+            "noise_folder": hparams["noise_folder"],
+            "rir_folder": hparams["rir_folder"],
+            "sample_rate": hparams["sample_rate"],
+        },
+    )
+    # The L2-SP anchor is the pre-trained WavLM, also when LMFT starts from
+    # a round's fine-tuned weights.
+    l2sp = L2SP(freeze_wavlm(hparams["embedding_model"].wavlm))
+    if hparams["init_from"]:
+        used = init_from_checkpoint(
+            hparams["init_from"],
+            hparams["embedding_model"],
+            hparams["classifier"],
+        )
+        logger.info("Initialised from %s", used)
+    dataset, sampler = dataio_prep(hparams, labels, paths)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    hparams["checkpointer"].add_recoverable("sampler", sampler)
+    brain = PseudoLabelBrain(
+        l2sp=l2sp,
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        dataset,
+        train_loader_kwargs={
+            "batch_sampler": sampler,
+            "num_workers": hparams["num_workers"],
+        },
+    )
+    return brain
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
