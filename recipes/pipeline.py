@@ -1,0 +1,746 @@
+#!/usr/bin/env python3
+"""The whole recipe in one command, as resumable WeSpeaker-style stages.
+
+Stages (each a SpeechBrain script run as a subprocess with its hparams file
+and overrides, writing under ``<output_folder>/<stage>/``)::
+
+    dino                  recipes/train_dino.py   stage-1 embeddings + EER
+    pseudo_labels_dino    recipes/pseudo_label.py K-Means + AHC, NMI
+    round1                train.py                fine-tune on those labels
+    eval_round1           recipes/evaluate.py     EER / minDCF on the trials
+    embeddings_round1     recipes/extract_embeddings.py
+    pseudo_labels_round1  recipes/pseudo_label.py
+    round2, eval_round2   (one more round per n_rounds)
+    lmft, eval_lmft       train.py hparams/lmft.yaml from the last round
+    export                recipes/export_pretrained.py -> <output_folder>/model
+
+A stage that completes writes ``<output_folder>/stages/<stage>.json`` (its
+command and wall time); a re-run skips completed stages and re-runs an
+interrupted one, which resumes from its own checkpoints. ``--rerun=[a,b]``
+deletes those stages' outputs (and marks every later stage as not done) and
+runs them again; ``--stages=[a,b]`` runs only those. At the end a summary
+(stage, NMI of the pseudo-labels made from its embeddings, EER in percent,
+minDCF at P_target 0.01, wall time) is printed and written as
+``summary.json``, ``summary.md`` and ``summary.png``.
+
+To run::
+
+    python recipes/pipeline.py hparams/pipeline.yaml --data_folder=WAVROOT \\
+        --train_list=LIST --trials=TRIALS --output_folder=OUT \\
+        [--pretrained_wavlm=WavLM-Base+.pt]
+    python recipes/pipeline.py hparams/demo.yaml   # built-in toy corpus
+"""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from speechbrain_ext.io_utils import atomic_open  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("stage", "NMI", "EER", "minDCF_0.01", "wall_s")
+
+
+class StageError(RuntimeError):
+    """A stage command failed; the message names the stage and its log."""
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline.
+
+    Arguments
+    ---------
+    name : str
+        Unique name; also the name of its output folder.
+    command : list of str
+        The command line (run from the repository root).
+    folder : str
+        Its output folder (deleted when the stage is re-run).
+    row : str or None
+        The summary row (model) whose wall time it adds to.
+    """
+
+    name: str
+    command: list
+    folder: str
+    row: str = None
+
+
+class StageRunner:
+    """Runs stages once: completion markers, logs, wall times.
+
+    Arguments
+    ---------
+    output_folder : str
+        The experiment folder; markers go to ``stages/``, logs to ``logs/``.
+    env : dict, optional
+        Environment of the commands (default: this process's).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> runner = StageRunner(out)
+    >>> stage = Stage("hello", [sys.executable, "-c", "print(1)"],
+    ...               os.path.join(out, "hello"))
+    >>> runner.run(stage), runner.run(stage)
+    ('ran', 'skipped')
+    >>> runner.is_done("hello")
+    True
+    """
+
+    def __init__(self, output_folder, env=None):
+        self.output_folder = output_folder
+        self.marker_folder = os.path.join(output_folder, "stages")
+        self.log_folder = os.path.join(output_folder, "logs")
+        self.env = env
+
+    def marker(self, name):
+        """Path of a stage's completion marker."""
+        return os.path.join(self.marker_folder, f"{name}.json")
+
+    def is_done(self, name):
+        """Whether the stage completed (its marker exists)."""
+        return os.path.isfile(self.marker(name))
+
+    def info(self, name):
+        """The marker's content (``wall_s``, ``command``...) or None."""
+        if not self.is_done(name):
+            return None
+        with open(self.marker(name), encoding="utf-8") as f:
+            return json.load(f)
+
+    def _attempts_file(self, name):
+        return os.path.join(self.marker_folder, f"{name}.attempts.json")
+
+    def _earlier_wall(self, name):
+        try:
+            with open(self._attempts_file(name), encoding="utf-8") as f:
+                return float(json.load(f)["wall_s"])
+        except (OSError, ValueError, KeyError):
+            return 0.0
+
+    def reset(self, stage):
+        """Forget a stage: delete its marker, attempts and output folder.
+
+        Arguments
+        ---------
+        stage : Stage
+        """
+        for path in (self.marker(stage.name), self._attempts_file(stage.name)):
+            if os.path.exists(path):
+                os.remove(path)
+        if os.path.isdir(stage.folder):
+            shutil.rmtree(stage.folder)
+
+    def run(self, stage):
+        """Run a stage unless it is done; record its marker.
+
+        The command's output goes to ``logs/<name>.log`` (appended across
+        attempts). Time spent in failed or interrupted attempts is added to
+        the wall time of the one that completes.
+
+        Arguments
+        ---------
+        stage : Stage
+
+        Returns
+        -------
+        str
+            ``"skipped"`` or ``"ran"``.
+
+        Raises
+        ------
+        StageError
+            When the command exits with a non-zero status.
+        """
+        if self.is_done(stage.name):
+            logger.info("stage %s: done, skipped", stage.name)
+            return "skipped"
+        os.makedirs(self.log_folder, exist_ok=True)
+        os.makedirs(self.marker_folder, exist_ok=True)
+        log_path = os.path.join(self.log_folder, f"{stage.name}.log")
+        earlier = self._earlier_wall(stage.name)
+        logger.info(
+            "stage %s: running%s (log: %s)",
+            stage.name,
+            " (resuming)" if earlier else "",
+            log_path,
+        )
+        start = time.perf_counter()
+        returncode = None
+        try:
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"$ {' '.join(stage.command)}\n")
+                log.flush()
+                returncode = subprocess.call(
+                    stage.command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    env=self.env,
+                )
+        finally:
+            wall = earlier + time.perf_counter() - start
+            if returncode != 0:
+                with atomic_open(self._attempts_file(stage.name)) as f:
+                    json.dump({"wall_s": wall}, f)
+        if returncode != 0:
+            raise StageError(
+                f"stage {stage.name} failed (exit code {returncode}); "
+                f"last lines of {log_path}:\n" + _tail(log_path)
+            )
+        with atomic_open(self.marker(stage.name)) as f:
+            json.dump(
+                {
+                    "stage": stage.name,
+                    "command": stage.command,
+                    "wall_s": wall,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+                f,
+                indent=2,
+            )
+        if os.path.exists(self._attempts_file(stage.name)):
+            os.remove(self._attempts_file(stage.name))
+        logger.info("stage %s: done in %.1f s", stage.name, wall)
+        return "ran"
+
+
+def _tail(path, n_lines=15):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "".join(f.readlines()[-n_lines:])
+
+
+def format_overrides(overrides):
+    """``--key=value`` arguments for a SpeechBrain script.
+
+    Lists and dicts are written as YAML flow (JSON), ``None`` as ``null``.
+
+    Arguments
+    ---------
+    overrides : dict
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> format_overrides({"a": 1, "b": None, "c": [1, 2], "d": {"x": 0}})
+    ['--a=1', '--b=null', '--c=[1, 2]', '--d={"x": 0}']
+    """
+    arguments = []
+    for key, value in overrides.items():
+        if value is None:
+            text = "null"
+        elif isinstance(value, (list, tuple, dict)):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        arguments.append(f"--{key}={text}")
+    return arguments
+
+
+def _as_list(value):
+    """``None`` -> ``[]``; ``"a,b"`` -> ``["a", "b"]``; lists unchanged."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return list(value)
+
+
+def plan_stages(hparams, run_options=()):
+    """The stages of a run, in order, from the pipeline hparams.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded ``hparams/pipeline.yaml`` (or ``demo.yaml``).
+    run_options : sequence of str
+        SpeechBrain run options passed to every stage (e.g.
+        ``--device=cuda:0``).
+
+    Returns
+    -------
+    list of Stage
+    """
+    out = hparams["output_folder"]
+    python = [sys.executable]
+    train_launcher = _as_list(hparams["train_launcher"]) or python
+    data = {"data_folder": hparams["data_folder"]}
+    augmentation = {
+        "noise_folder": hparams["noise_folder"],
+        "rir_folder": hparams["rir_folder"],
+    }
+    model = dict(hparams["model"])
+    stages = []
+
+    def add(name, launcher, script, hparams_file, overrides, row):
+        """Append a stage running ``script`` with ``hparams_file``."""
+        command = (
+            launcher
+            + [os.path.join(ROOT, script), os.path.join(ROOT, hparams_file)]
+            + format_overrides(overrides)
+            + list(run_options)
+        )
+        stages.append(Stage(name, command, os.path.join(out, name), row))
+
+    def pseudo_labels(source, embeddings):
+        """Append a clustering stage; return its label file."""
+        name = f"pseudo_labels_{source}"
+        labels = os.path.join(out, name, "labels.txt")
+        add(
+            name,
+            python,
+            "recipes/pseudo_label.py",
+            hparams["pseudo_label_hparams"],
+            {
+                "embeddings_file": embeddings,
+                "output_file": labels,
+                "n_clusters": hparams["n_kmeans_clusters"],
+                "n_clusters_ahc": hparams["n_pseudo_speakers"],
+                **hparams["pseudo_label_overrides"],
+            },
+            source,
+        )
+        return labels
+
+    def evaluate(source):
+        """Append the evaluation of a training stage's checkpoint."""
+        add(
+            f"eval_{source}",
+            python,
+            "recipes/evaluate.py",
+            hparams["evaluate_hparams"],
+            {
+                **data,
+                "trials": hparams["trials"],
+                "model_source": os.path.join(out, source, "save"),
+                "output_folder": os.path.join(out, f"eval_{source}"),
+                **model,
+                **hparams["evaluate_overrides"],
+            },
+            source,
+        )
+
+    dino = os.path.join(out, "dino")
+    add(
+        "dino",
+        python,
+        "recipes/train_dino.py",
+        hparams["dino_hparams"],
+        {
+            **data,
+            "train_list": hparams["train_list"],
+            "trials": hparams["trials"],
+            "output_folder": dino,
+            "external_embeddings": hparams["external_embeddings"],
+            **augmentation,
+            **hparams["dino_overrides"],
+        },
+        "dino",
+    )
+    labels = pseudo_labels("dino", os.path.join(dino, "embeddings.pt"))
+    n_rounds = int(hparams["n_rounds"])
+    training = {
+        **data,
+        **augmentation,
+        "pretrained_wavlm": hparams["pretrained_wavlm"],
+        "n_classes": hparams["n_pseudo_speakers"],
+        **model,
+    }
+    for index in range(1, n_rounds + 1):
+        name = f"round{index}"
+        add(
+            name,
+            train_launcher,
+            "train.py",
+            hparams["round1_hparams" if index == 1 else "later_round_hparams"],
+            {
+                **training,
+                "train_list": labels,
+                "output_folder": os.path.join(out, name),
+                **hparams["round_overrides"],
+            },
+            name,
+        )
+        evaluate(name)
+        if index < n_rounds:
+            embeddings = os.path.join(out, f"embeddings_{name}", "emb.pt")
+            add(
+                f"embeddings_{name}",
+                python,
+                "recipes/extract_embeddings.py",
+                hparams["extract_hparams"],
+                {
+                    **data,
+                    "utterance_list": hparams["train_list"],
+                    "model_source": os.path.join(out, name, "save"),
+                    "output_file": embeddings,
+                    **model,
+                    **hparams["extract_overrides"],
+                },
+                name,
+            )
+            labels = pseudo_labels(name, embeddings)
+    final = f"round{n_rounds}"
+    if hparams["lmft"]:
+        add(
+            "lmft",
+            train_launcher,
+            "train.py",
+            hparams["lmft_hparams"],
+            {
+                **training,
+                "train_list": labels,
+                "init_from": os.path.join(out, final, "save"),
+                "output_folder": os.path.join(out, "lmft"),
+                **hparams["lmft_overrides"],
+            },
+            "lmft",
+        )
+        evaluate("lmft")
+        final = "lmft"
+    add(
+        "export",
+        python,
+        "recipes/export_pretrained.py",
+        hparams["export_hparams"],
+        {
+            "model_source": os.path.join(out, final, "save"),
+            "output_folder": os.path.join(out, "export"),
+            **model,
+            **hparams["export_overrides"],
+        },
+        None,
+    )
+    return stages
+
+
+def select_stages(stages, only=None, rerun=None):
+    """Check ``--stages`` / ``--rerun`` names; the stages to reset and run.
+
+    Arguments
+    ---------
+    stages : list of Stage
+        All stages in order.
+    only : list of str or None
+        Run only these (``None``: all).
+    rerun : list of str or None
+        Run these again from scratch; every later stage is reset too
+        (its inputs change).
+
+    Returns
+    -------
+    to_reset : list of Stage
+    to_run : list of Stage
+
+    Raises
+    ------
+    ValueError
+        For an unknown stage name (the message lists the valid ones).
+
+    Example
+    -------
+    >>> st = [Stage(n, [], n) for n in ("a", "b", "c")]
+    >>> reset, run = select_stages(st, only=["b", "c"], rerun=["b"])
+    >>> [s.name for s in reset], [s.name for s in run]
+    (['b', 'c'], ['b', 'c'])
+    """
+    names = [stage.name for stage in stages]
+    for name in _as_list(only) + _as_list(rerun):
+        if name not in names:
+            raise ValueError(
+                f"unknown stage {name!r}; stages: {', '.join(names)}"
+            )
+    wanted = set(_as_list(only)) or set(names)
+    rerun = set(_as_list(rerun))
+    first = min((names.index(n) for n in rerun), default=len(names))
+    to_reset = stages[first:] if rerun else []
+    to_run = [stage for stage in stages if stage.name in wanted]
+    return to_reset, to_run
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def collect_summary(stages, runner):
+    """One row per model (dino, rounds, lmft) from the stages' outputs.
+
+    Arguments
+    ---------
+    stages : list of Stage
+    runner : StageRunner
+
+    Returns
+    -------
+    list of dict
+        ``{"stage", "NMI", "EER", "minDCF_0.01", "wall_s"}``; EER in
+        percent; ``None`` where not (yet) available. NMI is that of the
+        pseudo-labels clustered from the stage's embeddings.
+    """
+    by_name = {stage.name: stage for stage in stages}
+    rows = {}
+    for stage in stages:
+        if stage.row is None:
+            continue
+        row = rows.setdefault(
+            stage.row,
+            {
+                "stage": stage.row,
+                "NMI": None,
+                "EER": None,
+                "minDCF_0.01": None,
+                "wall_s": None,
+            },
+        )
+        info = runner.info(stage.name)
+        if info is not None:
+            row["wall_s"] = (row["wall_s"] or 0.0) + float(info["wall_s"])
+    for row_name, row in rows.items():
+        labels = by_name.get(f"pseudo_labels_{row_name}")
+        if labels is not None and runner.is_done(labels.name):
+            report = _read_json(os.path.join(labels.folder, "labels.txt.json"))
+            row["NMI"] = (report or {}).get("NMI")
+        if row_name == "dino":
+            metrics = _read_json(
+                os.path.join(by_name["dino"].folder, "eval.json")
+            )
+        else:
+            evaluation = by_name.get(f"eval_{row_name}")
+            metrics = None
+            if evaluation is not None and runner.is_done(evaluation.name):
+                metrics = _read_json(
+                    os.path.join(evaluation.folder, "metrics.json")
+                )
+        if metrics:
+            row["EER"] = metrics.get("EER")
+            row["minDCF_0.01"] = metrics.get("minDCF_0.01")
+    for row in rows.values():
+        if row["wall_s"] is not None:
+            row["wall_s"] = round(row["wall_s"], 1)
+    return list(rows.values())
+
+
+def summary_markdown(rows):
+    """The summary as a Markdown table.
+
+    Arguments
+    ---------
+    rows : list of dict
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> print(summary_markdown([{"stage": "dino", "NMI": 0.5, "EER": 12.0,
+    ...                          "minDCF_0.01": None, "wall_s": 3.0}]))
+    | stage | NMI | EER (%) | minDCF_0.01 | wall_s |
+    |---|---|---|---|---|
+    | dino | 0.500 | 12.00 | - | 3.0 |
+    """
+
+    def cell(value, digits):
+        """A number with ``digits`` decimals, ``-`` when missing."""
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| stage | NMI | EER (%) | minDCF_0.01 | wall_s |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['stage']} | {cell(row['NMI'], 3)} | "
+            f"{cell(row['EER'], 2)} | {cell(row['minDCF_0.01'], 4)} | "
+            f"{cell(row['wall_s'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_summary(rows, path):
+    """NMI and EER per stage, side by side, as a PNG.
+
+    Arguments
+    ---------
+    rows : list of dict
+    path : str
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["stage"] for row in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for axis, key, label in (
+        (axes[0], "NMI", "NMI of pseudo-labels"),
+        (axes[1], "EER", "EER (%)"),
+    ):
+        points = [
+            (i, row[key]) for i, row in enumerate(rows) if row[key] is not None
+        ]
+        if points:
+            xs, ys = zip(*points)
+            axis.plot(xs, ys, marker="o")
+        axis.set_xticks(range(len(names)), names, rotation=30)
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    from speechbrain_ext.io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def write_summary(rows, output_folder):
+    """Write ``summary.json``, ``summary.md`` and ``summary.png``.
+
+    Arguments
+    ---------
+    rows : list of dict
+    output_folder : str
+
+    Returns
+    -------
+    str
+        The Markdown table.
+    """
+    rows = [{key: row[key] for key in SUMMARY_KEYS} for row in rows]
+    with atomic_open(os.path.join(output_folder, "summary.json")) as f:
+        json.dump(rows, f, indent=2)
+    table = summary_markdown(rows)
+    with atomic_open(os.path.join(output_folder, "summary.md")) as f:
+        f.write(table + "\n")
+    plot_summary(rows, os.path.join(output_folder, "summary.png"))
+    return table
+
+
+def prepare_synthetic_corpus(hparams):
+    """Generate the built-in corpus when an input points inside it.
+
+    Arguments
+    ---------
+    hparams : dict
+    """
+    folder = hparams["synthetic_corpus_folder"]
+    if not folder:
+        return
+    folder = os.path.abspath(folder)
+    inputs = [
+        hparams[key]
+        for key in (
+            "data_folder",
+            "train_list",
+            "trials",
+            "noise_folder",
+            "rir_folder",
+        )
+        if hparams[key]
+    ]
+    if not any(
+        os.path.abspath(path).startswith(folder + os.sep) for path in inputs
+    ):
+        return
+    from data_prep.synthetic import generate_corpus
+
+    generate_corpus(folder, **hparams["synthetic_corpus_options"])
+
+
+def load_hparams(argv):
+    """Parse the command line; load the hparams with one-line errors.
+
+    Arguments
+    ---------
+    argv : list of str
+
+    Returns
+    -------
+    hparams_file : str
+    run_options : list of str
+        The SpeechBrain run options given on the command line (e.g.
+        ``--device=cuda:0``), passed on to every stage.
+    overrides : str
+    hparams : dict
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            hparams = load_hyperpyyaml(fin, overrides)
+    except FileNotFoundError:
+        sys.exit(f"{hparams_file}: hparams file not found")
+    except (ValueError, KeyError) as error:
+        message = error.args[0] if error.args else str(error)
+        sys.exit(f"{hparams_file}: {message}")
+    run_options = []
+    for key in sorted(run_opts["overridden_args"] - {"param_file"}):
+        value = run_opts[key]
+        if value is True:
+            run_options.append(f"--{key}")
+        elif value is not False:
+            run_options.append(f"--{key}={value}")
+    return hparams_file, run_options, overrides, hparams
+
+
+def main(argv):
+    """Run the pipeline from the command line (see the module docstring)."""
+    hparams_file, run_options, overrides, hparams = load_hparams(argv)
+    if hparams["noprogressbar"] and "--noprogressbar" not in run_options:
+        run_options.append("--noprogressbar")
+    out = hparams["output_folder"]
+    stages = plan_stages(hparams, run_options)
+    try:
+        to_reset, to_run = select_stages(
+            stages, hparams["stages"], hparams["rerun"]
+        )
+    except ValueError as error:
+        sys.exit(f"{hparams_file}: {error}")
+    sb.create_experiment_directory(
+        experiment_directory=out,
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    prepare_synthetic_corpus(hparams)
+    runner = StageRunner(out)
+    for stage in to_reset:
+        logger.info("stage %s: reset (re-run requested)", stage.name)
+        runner.reset(stage)
+    try:
+        for stage in to_run:
+            runner.run(stage)
+    except StageError as error:
+        rows = collect_summary(stages, runner)
+        write_summary(rows, out)
+        sys.exit(str(error))
+    rows = collect_summary(stages, runner)
+    table = write_summary(rows, out)
+    print(table)
+    print(f"summary: {os.path.join(out, 'summary.json')}")
+    if runner.is_done("export"):
+        print(f"exported model: {os.path.join(out, 'export')}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,631 @@
+#!/usr/bin/env python3
+"""Stage 1: self-supervised DINO speaker embeddings, no labels anywhere.
+
+A student ECAPA-TDNN (on Fbank features) with a DINO projection head learns
+to match an EMA teacher across crops of one utterance: 2 global (~4 s) and
+several local (~2 s) crops, each optionally augmented with noise and
+reverberation. At the end, the teacher's (or student's) backbone embeds every
+training utterance, and the embeddings file seeds the pseudo-label
+clustering (``recipes/pseudo_label.py``).
+
+Instead of training, an embeddings file made elsewhere (the reference's
+route) can be given with ``--external_embeddings=E.pt``: it is checked to
+cover the whole training list and written to ``embeddings_file``.
+
+To run::
+
+    python recipes/train_dino.py hparams/dino.yaml \\
+        --data_folder=WAVROOT --train_list=LIST --output_folder=OUT \\
+        [--noise_folder=MUSAN --rir_folder=RIRS]
+
+LIST has ``SPEAKER RELPATH`` lines (or ``RELPATH`` alone); only the path is
+read. Multi-GPU: ``torchrun --nproc_per_node=N recipes/train_dino.py ...``.
+"""
+
+import csv
+import json
+import logging
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import if_main_process, run_on_main
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_prep.augmentation import (  # noqa: E402
+    AugmentationDataError,
+    prepare_augmentation,
+)
+from data_prep.baseline import read_trials  # noqa: E402
+from speechbrain_ext.audio import AudioError, read_audio  # noqa: E402
+from speechbrain_ext.dino import (  # noqa: E402
+    cosine_schedule,
+    ema_update,
+    select_embeddings,
+)
+from speechbrain_ext.dino_loss import teacher_temperature  # noqa: E402
+from speechbrain_ext.embeddings_io import (  # noqa: E402
+    EmbeddingsFileError,
+    load_embeddings,
+    normalise_key,
+    save_embeddings,
+)
+from speechbrain_ext.io_utils import atomic_open  # noqa: E402
+from speechbrain_ext.metrics import verification_metrics  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class DINOBrain(sb.Brain):
+    """Trains the student with the DINO loss; the teacher follows by EMA.
+
+    Expects in ``modules``: ``student`` and ``teacher``
+    (:class:`speechbrain_ext.dino.DINONetwork`), ``dino_loss``
+    (:class:`speechbrain_ext.dino_loss.DINOLoss`), ``compute_features`` and
+    ``mean_var_norm``. ``steps_per_epoch`` must be set before ``fit`` (it
+    drives the learning-rate, momentum and temperature schedules).
+    """
+
+    steps_per_epoch = None
+
+    def progress_epochs(self):
+        """Training progress in (fractional) epochs, from the step counter."""
+        return self.optimizer_step / self.steps_per_epoch
+
+    def _features(self, wavs):
+        feats = self.modules.compute_features(wavs)
+        return self.modules.mean_var_norm(
+            feats, torch.ones(wavs.shape[0], device=wavs.device)
+        )
+
+    @staticmethod
+    def _crop_major(crops):
+        """``[B, n, S]`` -> ``[n * B, S]``: all of crop 0, then crop 1..."""
+        return crops.transpose(0, 1).reshape(-1, crops.shape[-1])
+
+    def compute_forward(self, batch, stage):
+        """Student outputs on all crops, teacher outputs on global ones."""
+        batch = batch.to(self.device)
+        global_wavs = self._crop_major(batch.global_crops.data)
+        groups = [self._features(global_wavs)]
+        if batch.local_crops.data.shape[1] > 0:
+            local_wavs = self._crop_major(batch.local_crops.data)
+            groups.append(self._features(local_wavs))
+        _, student_out = self.modules.student(groups)
+        with torch.no_grad():
+            _, teacher_out = self.modules.teacher(groups[0])
+        return student_out, teacher_out
+
+    def compute_objectives(self, predictions, batch, stage):
+        """The DINO loss at the current teacher temperature."""
+        student_out, teacher_out = predictions
+        self.temperature = teacher_temperature(
+            self.progress_epochs(),
+            self.hparams.warmup_teacher_temperature,
+            self.hparams.teacher_temperature,
+            self.hparams.warmup_teacher_temperature_epochs,
+        )
+        return self.modules.dino_loss(
+            student_out, teacher_out, self.temperature
+        )
+
+    def on_fit_batch_start(self, batch, should_step):
+        """Set the learning rate of this step (linear warm-up, cosine)."""
+        if not should_step:
+            return
+        total = self.hparams.number_of_epochs * self.steps_per_epoch
+        warmup = self.hparams.warmup_epochs * self.steps_per_epoch
+        step = self.optimizer_step
+        if step < warmup:
+            lr = self.hparams.lr * (step + 1) / warmup
+        else:
+            lr = cosine_schedule(
+                step - warmup,
+                total - warmup,
+                self.hparams.lr,
+                self.hparams.min_lr,
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.lr = lr
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Move the teacher towards the student (cosine momentum)."""
+        if not should_step:
+            return
+        self.momentum = cosine_schedule(
+            self.optimizer_step,
+            self.hparams.number_of_epochs * self.steps_per_epoch,
+            self.hparams.teacher_momentum,
+            1.0,
+        )
+        ema_update(self.modules.teacher, self.modules.student, self.momentum)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log the epoch and save a checkpoint."""
+        if stage != sb.Stage.TRAIN:
+            return
+        stats = {
+            "loss": stage_loss,
+            "lr": getattr(self, "lr", self.hparams.lr),
+            "teacher_momentum": getattr(self, "momentum", None),
+            "teacher_temperature": getattr(self, "temperature", None),
+        }
+        self.hparams.train_logger.log_stats(
+            stats_meta={"epoch": epoch}, train_stats=stats
+        )
+        self.checkpointer.save_and_keep_only(
+            meta={"epoch": epoch}, num_to_keep=self.hparams.ckpt_to_keep
+        )
+
+    def init_optimizers(self):
+        """One optimizer for the student (the teacher has no gradients)."""
+        self.optimizer = self.opt_class(self.modules.student.parameters())
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    @torch.no_grad()
+    def extract(self, items, batch_size, max_samples, network="teacher"):
+        """Embed whole utterances (capped) with a backbone, in batches.
+
+        Arguments
+        ---------
+        items : list of (str, str, int)
+            ``(key, path, samples)`` per utterance.
+        batch_size : int
+            Utterances per batch (sorted by length to limit padding).
+        max_samples : int
+            Longer audio is cut to its first ``max_samples`` samples.
+        network : str
+            ``"teacher"`` or ``"student"``.
+
+        Returns
+        -------
+        keys : list of str
+        embeddings : torch.Tensor
+            ``[len(keys), D]`` float32 on the CPU.
+        """
+        model = getattr(self.modules, network)
+        model = getattr(model, "module", model)
+        for module in self.modules.values():
+            module.eval()
+        order = sorted(items, key=lambda item: -min(item[2], max_samples))
+        keys, rows = [], []
+        batches = range(0, len(order), batch_size)
+        for start in tqdm(
+            batches, disable=not if_main_process() or self.noprogressbar
+        ):
+            chunk = order[start : start + batch_size]
+            wavs = [read_audio(path, stop=max_samples) for _, path, _ in chunk]
+            lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float)
+            padded = torch.zeros(len(wavs), int(lengths.max()))
+            for row, wav in enumerate(wavs):
+                padded[row, : len(wav)] = wav
+            padded = padded.to(self.device)
+            relative = (lengths / lengths.max()).to(self.device)
+            with self.evaluation_ctx:
+                feats = self.modules.compute_features(padded)
+                feats = self.modules.mean_var_norm(feats, relative)
+                embeddings = model.embed(feats, relative)
+            keys.extend(key for key, _, _ in chunk)
+            rows.append(embeddings.float().cpu())
+        return keys, torch.cat(rows)
+
+
+def write_embeddings(brain, hparams, items):
+    """Embed every usable training utterance; write ``embeddings_file``.
+
+    Arguments
+    ---------
+    brain : DINOBrain
+        Trained (or recovered) brain.
+    hparams : dict
+    items : list of (str, str, int)
+        ``(key, path, samples)`` rows of the audio manifest.
+    """
+    keys, embeddings = brain.extract(
+        items,
+        hparams["extract_batch_size"],
+        hparams["extract_max_samples"],
+        hparams["extract_network"],
+    )
+    save_embeddings((keys, embeddings), hparams["embeddings_file"])
+    logger.info(
+        "%d %s embeddings -> %s",
+        len(keys),
+        hparams["extract_network"],
+        hparams["embeddings_file"],
+    )
+
+
+def evaluate_trials(brain, hparams):
+    """Cosine-score a trial list on whole-utterance embeddings.
+
+    Writes ``eval_file`` (JSON: ``EER`` in percent, ``minDCF_0.05``,
+    ``minDCF_0.01``, counts) and logs the result.
+
+    Arguments
+    ---------
+    brain : DINOBrain
+        Trained (or recovered) brain.
+    hparams : dict
+
+    Returns
+    -------
+    dict
+        The metrics written.
+    """
+    trials = read_trials(hparams["trials"])
+    files = sorted(
+        {path for _, enrol, test in trials for path in (enrol, test)}
+    )
+    items = []
+    for key in files:
+        path = os.path.join(hparams["data_folder"], key)
+        items.append((key, path, len(read_audio(path))))
+    keys, embeddings = brain.extract(
+        items,
+        hparams["extract_batch_size"],
+        hparams["extract_max_samples"],
+        hparams["extract_network"],
+    )
+    embeddings = torch.nn.functional.normalize(embeddings, dim=1)
+    index = {key: row for row, key in enumerate(keys)}
+    enrol = embeddings[[index[enrol] for _, enrol, _ in trials]]
+    test = embeddings[[index[test] for _, _, test in trials]]
+    scores = (enrol * test).sum(dim=1).numpy()
+    labels = [label for label, _, _ in trials]
+    metrics = verification_metrics(scores, labels, hparams["trials"])
+    metrics["n_trials"] = len(trials)
+    with atomic_open(hparams["eval_file"]) as f:
+        json.dump(metrics, f, indent=2)
+    logger.info(
+        "%s: EER %.2f%%, minDCF_0.01 %.4f (%d trials) -> %s",
+        hparams["trials"],
+        metrics["EER"],
+        metrics["minDCF_0.01"],
+        len(trials),
+        hparams["eval_file"],
+    )
+    return metrics
+
+
+def read_train_list(path):
+    """Utterance paths of a ``SPEAKER RELPATH`` (or ``RELPATH``) list.
+
+    Arguments
+    ---------
+    path : str
+        The list file.
+
+    Returns
+    -------
+    list of str
+        Normalised relative paths, in file order.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file and line for a malformed line, a duplicate
+        or an empty list.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> list_file = os.path.join(tempfile.mkdtemp(), "list.txt")
+    >>> _ = open(list_file, "w").write("id0 id0/v/00001.wav\\nid0/v/2.wav\\n")
+    >>> read_train_list(list_file)
+    ['id0/v/00001.wav', 'id0/v/2.wav']
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: training list not found")
+    paths, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) > 2:
+                raise ValueError(
+                    f"{path}:{number}: expected 'SPEAKER RELPATH' or "
+                    f"'RELPATH', found {len(fields)} fields"
+                )
+            key = normalise_key(fields[-1])
+            if key in seen:
+                raise ValueError(
+                    f"{path}:{number}: {key} already listed on line {seen[key]}"
+                )
+            seen[key] = number
+            paths.append(key)
+    if not paths:
+        raise ValueError(f"{path}: empty training list")
+    return paths
+
+
+def scan_audio(data_folder, keys, manifest, bad_list, on_bad_audio):
+    """Check every listed file's header; write the usable ones to a CSV.
+
+    Skipped when ``manifest`` exists. Unreadable, missing, non-16 kHz or
+    multi-channel files are either fatal (``on_bad_audio="error"``) or left
+    out and written to ``bad_list`` with the reason, with a warning giving
+    the count and the first one.
+
+    Arguments
+    ---------
+    data_folder : str
+        The wav root.
+    keys : list of str
+        Paths relative to ``data_folder``.
+    manifest : str
+        Output CSV with columns ``ID,wav,samples``.
+    bad_list : str
+        Output text file, one ``RELPATH<TAB>problem`` line per bad file.
+    on_bad_audio : str
+        ``"skip"`` or ``"error"``.
+    """
+    if os.path.isfile(manifest):
+        return
+    import soundfile
+
+    rows, bad = [], []
+    for key in tqdm(keys, desc="checking audio", mininterval=5):
+        path = os.path.join(data_folder, key)
+        try:
+            if not os.path.isfile(path):
+                raise AudioError(f"{path}: file not found")
+            try:
+                info = soundfile.info(path)
+            except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
+                raise AudioError(f"{path}: unreadable audio ({e})") from None
+            if info.samplerate != 16000 or info.channels != 1:
+                raise AudioError(
+                    f"{path}: {info.samplerate} Hz, {info.channels} "
+                    "channel(s), expected 16000 Hz mono"
+                )
+            if info.frames == 0:
+                raise AudioError(f"{path}: empty audio (0 samples)")
+        except AudioError as error:
+            if on_bad_audio == "error":
+                raise
+            bad.append((key, str(error)))
+            continue
+        rows.append((key, path, info.frames))
+    if not rows:
+        raise AudioError(f"{data_folder}: none of the listed files is usable")
+    if bad:
+        logger.warning(
+            "%d of %d listed files are unusable and left out (first: %s); "
+            "see %s",
+            len(bad),
+            len(keys),
+            bad[0][1],
+            bad_list,
+        )
+    with atomic_open(bad_list) as f:
+        f.writelines(f"{key}\t{problem}\n" for key, problem in bad)
+    with atomic_open(manifest) as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", "wav", "samples"])
+        writer.writerows(rows)
+
+
+def read_manifest(manifest):
+    """``(key, path, samples)`` rows of the CSV written by :func:`scan_audio`.
+
+    Arguments
+    ---------
+    manifest : str
+
+    Returns
+    -------
+    list of tuple
+    """
+    with open(manifest, encoding="utf-8", newline="") as f:
+        return [
+            (row["ID"], row["wav"], int(row["samples"]))
+            for row in csv.DictReader(f)
+        ]
+
+
+def _augment_rows(augmenter, crops):
+    return (
+        torch.stack([augmenter(crop)[0] for crop in crops])
+        if len(crops)
+        else crops
+    )
+
+
+def dataio_prep(hparams, items, augmenter=None):
+    """The training set: each item yields its global and local crops.
+
+    Arguments
+    ---------
+    hparams : dict
+    items : list of (str, str, int)
+        ``(key, path, samples)``.
+    augmenter : callable, optional
+        Applied to each crop apart (``wav -> (wav, choice)``), in the
+        data-loading workers.
+
+    Returns
+    -------
+    speechbrain.dataio.dataset.DynamicItemDataset
+    """
+    data = {key: {"wav": path} for key, path, _ in items}
+    dataset = sb.dataio.dataset.DynamicItemDataset(data)
+    multi_crop = hparams["multi_crop"]
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("global_crops", "local_crops")
+    def crop_pipeline(path):
+        """Global and local crops of one file, each augmented apart."""
+        global_crops, local_crops = multi_crop(read_audio(path))
+        if augmenter is not None:
+            global_crops = _augment_rows(augmenter, global_crops)
+            local_crops = _augment_rows(augmenter, local_crops)
+        yield global_crops
+        yield local_crops
+
+    sb.dataio.dataset.add_dynamic_item([dataset], crop_pipeline)
+    sb.dataio.dataset.set_output_keys(
+        [dataset], ["id", "global_crops", "local_crops"]
+    )
+    return dataset
+
+
+def build_crop_augmenter(hparams):
+    """The crop augmentation from the noise/RIR folders given (or none).
+
+    The MUSAN / RIR manifests are written (on the main process) under
+    ``<save_folder>/augmentation``.
+
+    Arguments
+    ---------
+    hparams : dict
+
+    Returns
+    -------
+    speechbrain_ext.augment.SixWayAugment or None
+        None when neither ``noise_folder`` nor ``rir_folder`` is given.
+    """
+    if not hparams["noise_folder"] and not hparams["rir_folder"]:
+        logger.info("no noise_folder or rir_folder: crops are not augmented")
+        return None
+    folder = os.path.join(hparams["save_folder"], "augmentation")
+    run_on_main(
+        prepare_augmentation,
+        kwargs={
+            "output_folder": folder,
+            "noise_folder": hparams["noise_folder"],
+            "rir_folder": hparams["rir_folder"],
+        },
+    )
+    names = {"music": "music", "speech": "speech", "noise": "noise"}
+    names["rir"] = "rirs"
+    csv_files = {
+        kind: os.path.join(folder, f"{name}.csv")
+        for kind, name in names.items()
+        if os.path.isfile(os.path.join(folder, f"{name}.csv"))
+    }
+    return hparams["crop_augmenter"](csv_files=csv_files)
+
+
+def load_hparams(argv):
+    """Parse the command line and load the hparams, with one-line errors.
+
+    Arguments
+    ---------
+    argv : list of str
+
+    Returns
+    -------
+    hparams_file, run_opts, overrides, hparams
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            hparams = load_hyperpyyaml(fin, overrides)
+    except (ValueError, KeyError) as error:
+        message = error.args[0] if error.args else str(error)
+        sys.exit(f"{hparams_file}: {message}")
+    return hparams_file, run_opts, overrides, hparams
+
+
+def write_external_embeddings(hparams, keys):
+    """Check an external embeddings file covers the list; write our copy.
+
+    Arguments
+    ---------
+    hparams : dict
+    keys : list of str
+        The training list's paths.
+    """
+    source = hparams["external_embeddings"]
+    file_keys, matrix = load_embeddings(source)
+    rows = select_embeddings(file_keys, matrix, keys, source)
+    save_embeddings((keys, rows), hparams["embeddings_file"])
+    logger.info(
+        "external embeddings %s: %d utterances, dim %d -> %s",
+        source,
+        len(keys),
+        rows.shape[1],
+        hparams["embeddings_file"],
+    )
+
+
+def main(argv):
+    """Run stage 1 from the command line (see the module docstring)."""
+    hparams_file, run_opts, overrides, hparams = load_hparams(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    try:
+        keys = read_train_list(hparams["train_list"])
+    except ValueError as error:
+        sys.exit(str(error))
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    if hparams["external_embeddings"]:
+        try:
+            run_on_main(write_external_embeddings, args=[hparams, keys])
+        except (EmbeddingsFileError, OSError, RuntimeError) as error:
+            sys.exit(str(error))
+        return
+
+    manifest = os.path.join(hparams["save_folder"], "train_audio.csv")
+    scan_kwargs = {
+        "data_folder": hparams["data_folder"],
+        "keys": keys,
+        "manifest": manifest,
+        "bad_list": os.path.join(hparams["output_folder"], "bad_audio.txt"),
+        "on_bad_audio": hparams["on_bad_audio"],
+    }
+    try:
+        run_on_main(scan_audio, kwargs=scan_kwargs)
+    except AudioError as error:
+        sys.exit(str(error))
+    items = read_manifest(manifest)
+    try:
+        augmenter = build_crop_augmenter(hparams)
+    except AugmentationDataError as error:
+        sys.exit(str(error))
+    train_set = dataio_prep(hparams, items, augmenter)
+
+    brain = DINOBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    loader_options = dict(hparams["dataloader_options"])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    per_process = len(items) // world_size
+    brain.steps_per_epoch = max(1, per_process // loader_options["batch_size"])
+    if per_process < loader_options["batch_size"]:
+        sys.exit(
+            f"{hparams['train_list']}: {per_process} usable utterances per "
+            f"process, fewer than batch_size={loader_options['batch_size']}"
+        )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_set,
+        train_loader_kwargs=loader_options,
+    )
+
+    if if_main_process():
+        write_embeddings(brain, hparams, items)
+        if hparams["trials"]:
+            evaluate_trials(brain, hparams)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

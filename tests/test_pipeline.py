@@ -1,0 +1,303 @@
+"""The pipeline's orchestration: stage plan, markers, resume, summary."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+from hyperpyyaml import load_hyperpyyaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "recipes" / "pipeline.py"
+
+
+def load_pipeline():
+    spec = importlib.util.spec_from_file_location("pipeline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pipeline = load_pipeline()
+
+
+def hparams_for(tmp_path, name="pipeline.yaml", **overrides):
+    values = {
+        "data_folder": str(tmp_path / "wav"),
+        "train_list": str(tmp_path / "list.txt"),
+        "trials": str(tmp_path / "trials.txt"),
+        "output_folder": str(tmp_path / "out"),
+        **overrides,
+    }
+    text = "\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items())
+    with open(ROOT / "hparams" / name, encoding="utf-8") as f:
+        return load_hyperpyyaml(f, text)
+
+
+def python_stage(tmp_path, name, code, row=None):
+    return pipeline.Stage(
+        name, [sys.executable, "-c", code], str(tmp_path / "out" / name), row
+    )
+
+
+def options(stage):
+    """The ``--key=value`` options of a stage command, as a dict."""
+    found = {}
+    for argument in stage.command:
+        if argument.startswith("--") and "=" in argument:
+            key, value = argument[2:].split("=", 1)
+            found[key] = value
+    return found
+
+
+# ------------------------------------------------------------- plan
+
+
+def test_plan_has_every_stage_in_order_and_chains_outputs(tmp_path):
+    hparams = hparams_for(tmp_path, n_rounds=3)
+    stages = pipeline.plan_stages(hparams, ["--device=cpu"])
+    names = [stage.name for stage in stages]
+    assert names == [
+        "dino",
+        "pseudo_labels_dino",
+        "round1",
+        "eval_round1",
+        "embeddings_round1",
+        "pseudo_labels_round1",
+        "round2",
+        "eval_round2",
+        "embeddings_round2",
+        "pseudo_labels_round2",
+        "round3",
+        "eval_round3",
+        "lmft",
+        "eval_lmft",
+        "export",
+    ]
+    by_name = {stage.name: stage for stage in stages}
+    out = str(tmp_path / "out")
+    dino = options(by_name["dino"])
+    assert dino["output_folder"] == f"{out}/dino"
+    assert dino["trials"] == str(tmp_path / "trials.txt")
+    labels = options(by_name["pseudo_labels_dino"])
+    assert labels["embeddings_file"] == f"{out}/dino/embeddings.pt"
+    assert labels["n_clusters_ahc"] == "7500"
+    round1 = options(by_name["round1"])
+    assert round1["train_list"] == labels["output_file"]
+    assert round1["n_classes"] == "7500"
+    assert round1["pretrained_wavlm"] == "null"
+    assert by_name["round1"].command[2].endswith("hparams/round1.yaml")
+    assert by_name["round2"].command[2].endswith("hparams/round2.yaml")
+    round2 = options(by_name["round2"])
+    assert (
+        round2["train_list"]
+        == options(by_name["pseudo_labels_round1"])["output_file"]
+    )
+    extract = options(by_name["embeddings_round1"])
+    assert extract["model_source"] == f"{out}/round1/save"
+    assert (
+        options(by_name["pseudo_labels_round1"])["embeddings_file"]
+        == (extract["output_file"])
+    )
+    lmft = options(by_name["lmft"])
+    assert lmft["init_from"] == f"{out}/round3/save"
+    assert (
+        lmft["train_list"]
+        == options(by_name["pseudo_labels_round2"])["output_file"]
+    )
+    assert options(by_name["eval_lmft"])["model_source"] == f"{out}/lmft/save"
+    assert options(by_name["export"])["model_source"] == f"{out}/lmft/save"
+    for stage in stages:
+        assert stage.command[-1] == "--device=cpu"
+        assert stage.folder == f"{out}/{stage.name}"
+
+
+def test_plan_without_lmft_exports_the_last_round(tmp_path):
+    hparams = hparams_for(tmp_path, n_rounds=1, lmft=False)
+    stages = pipeline.plan_stages(hparams)
+    assert [s.name for s in stages] == [
+        "dino",
+        "pseudo_labels_dino",
+        "round1",
+        "eval_round1",
+        "export",
+    ]
+    assert options(stages[-1])["model_source"].endswith("/round1/save")
+
+
+def test_model_sizes_reach_every_model_stage(tmp_path):
+    hparams = hparams_for(tmp_path, name="demo.yaml")
+    for stage in pipeline.plan_stages(hparams):
+        if stage.name.startswith(("round", "lmft", "eval_", "embeddings_")):
+            assert options(stage)["wavlm_preset"] == "tiny", stage.name
+            assert options(stage)["mhfa_heads"] == "4", stage.name
+    overrides = pipeline.format_overrides({"wavlm_overrides": {"a": 1}})
+    assert overrides == ['--wavlm_overrides={"a": 1}']
+
+
+def test_stage_selection_checks_names(tmp_path):
+    stages = pipeline.plan_stages(hparams_for(tmp_path))
+    reset, run = pipeline.select_stages(stages, None, "round2")
+    assert [s.name for s in reset][0] == "round2"
+    assert reset[-1].name == "export"
+    assert len(run) == len(stages)
+    reset, run = pipeline.select_stages(stages, ["dino"], None)
+    assert reset == [] and [s.name for s in run] == ["dino"]
+    with pytest.raises(ValueError, match="unknown stage 'round9'"):
+        pipeline.select_stages(stages, ["round9"], None)
+
+
+# ----------------------------------------------------------- runner
+
+
+def test_runner_skips_done_stages_and_resumes_failed_ones(tmp_path):
+    runner = pipeline.StageRunner(str(tmp_path / "out"))
+    counter = tmp_path / "attempts.txt"
+    # Fails on its first attempt (like an interrupted stage), then resumes
+    # from what the first attempt left.
+    code = (
+        "import os, sys\n"
+        f"path = {str(counter)!r}\n"
+        "n = int(open(path).read()) if os.path.exists(path) else 0\n"
+        "open(path, 'w').write(str(n + 1))\n"
+        "print('attempt', n + 1)\n"
+        "sys.exit(3 if n == 0 else 0)\n"
+    )
+    stage = python_stage(tmp_path, "flaky", code)
+    with pytest.raises(pipeline.StageError) as error:
+        runner.run(stage)
+    assert "stage flaky failed (exit code 3)" in str(error.value)
+    assert "attempt 1" in str(error.value)
+    assert not runner.is_done("flaky")
+    assert runner.run(stage) == "ran"
+    assert runner.run(stage) == "skipped"
+    assert counter.read_text() == "2"
+    info = runner.info("flaky")
+    assert info["command"] == stage.command and info["wall_s"] > 0
+    log = (tmp_path / "out" / "logs" / "flaky.log").read_text()
+    assert "attempt 1" in log and "attempt 2" in log
+
+
+def test_reset_removes_marker_and_outputs(tmp_path):
+    runner = pipeline.StageRunner(str(tmp_path / "out"))
+    folder = tmp_path / "out" / "writer"
+    code = (
+        f"import os; os.makedirs({str(folder)!r}, exist_ok=True); "
+        f"open(os.path.join({str(folder)!r}, 'x'), 'w').write('1')"
+    )
+    stage = python_stage(tmp_path, "writer", code)
+    runner.run(stage)
+    assert (folder / "x").exists() and runner.is_done("writer")
+    runner.reset(stage)
+    assert not folder.exists() and not runner.is_done("writer")
+    assert runner.run(stage) == "ran"
+
+
+# ---------------------------------------------------------- summary
+
+
+def fake_outputs(stages, runner, tmp_path):
+    """Write what each real stage writes, with made-up numbers."""
+    by_name = {stage.name: stage for stage in stages}
+    nmi = {"dino": 0.8, "round1": 0.9}
+    eer = {"dino": 20.0, "round1": 10.0, "round2": 8.0, "lmft": 7.5}
+    for stage in stages:
+        os.makedirs(stage.folder, exist_ok=True)
+    with open(os.path.join(by_name["dino"].folder, "eval.json"), "w") as f:
+        json.dump({"EER": eer["dino"], "minDCF_0.01": 0.9}, f)
+    for source, value in nmi.items():
+        folder = by_name[f"pseudo_labels_{source}"].folder
+        with open(os.path.join(folder, "labels.txt.json"), "w") as f:
+            json.dump({"NMI": value, "n_utterances": 48}, f)
+    for source in ("round1", "round2", "lmft"):
+        folder = by_name[f"eval_{source}"].folder
+        with open(os.path.join(folder, "metrics.json"), "w") as f:
+            json.dump({"EER": eer[source], "minDCF_0.01": 0.5}, f)
+    for stage in stages:
+        runner.run(python_stage(tmp_path, stage.name, "pass", stage.row))
+
+
+def test_summary_rows_json_markdown_and_plot(tmp_path):
+    hparams = hparams_for(tmp_path)
+    stages = pipeline.plan_stages(hparams)
+    runner = pipeline.StageRunner(hparams["output_folder"])
+    fake_outputs(stages, runner, tmp_path)
+    rows = pipeline.collect_summary(stages, runner)
+    assert [row["stage"] for row in rows] == [
+        "dino",
+        "round1",
+        "round2",
+        "lmft",
+    ]
+    assert [row["NMI"] for row in rows] == [0.8, 0.9, None, None]
+    assert [row["EER"] for row in rows] == [20.0, 10.0, 8.0, 7.5]
+    assert rows[1]["minDCF_0.01"] == 0.5
+    assert all(row["wall_s"] >= 0 for row in rows)
+    table = pipeline.write_summary(rows, hparams["output_folder"])
+    out = pathlib.Path(hparams["output_folder"])
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == rows
+    assert set(saved[0]) == {"stage", "NMI", "EER", "minDCF_0.01", "wall_s"}
+    assert (out / "summary.md").read_text().strip() == table
+    assert "| round1 | 0.900 | 10.00 | 0.5000 |" in table
+    assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_of_an_unfinished_run_has_empty_cells(tmp_path):
+    hparams = hparams_for(tmp_path)
+    stages = pipeline.plan_stages(hparams)
+    runner = pipeline.StageRunner(hparams["output_folder"])
+    rows = pipeline.collect_summary(stages, runner)
+    assert all(
+        row["NMI"] is None and row["EER"] is None and row["wall_s"] is None
+        for row in rows
+    )
+    pipeline.write_summary(rows, hparams["output_folder"])
+
+
+# -------------------------------------------------------------- CLI
+
+
+def test_missing_input_is_one_clear_line(tmp_path):
+    import subprocess
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(ROOT / "hparams/pipeline.yaml"),
+            f"--output_folder={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "data_folder" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_generates_the_corpus_only_when_pointed_at_it(
+    tmp_path, monkeypatch
+):
+    import data_prep.synthetic
+
+    calls = []
+    monkeypatch.setattr(
+        data_prep.synthetic,
+        "generate_corpus",
+        lambda folder, **options: calls.append(folder),
+    )
+    other_corpus = hparams_for(
+        tmp_path, name="demo.yaml", noise_folder=None, rir_folder=None
+    )
+    pipeline.prepare_synthetic_corpus(other_corpus)
+    assert calls == []
+    with open(ROOT / "hparams" / "demo.yaml", encoding="utf-8") as f:
+        demo = load_hyperpyyaml(
+            f, f"output_folder: {json.dumps(str(tmp_path / 'd'))}"
+        )
+    pipeline.prepare_synthetic_corpus(demo)
+    assert calls == [os.path.abspath(tmp_path / "d" / "corpus")]
