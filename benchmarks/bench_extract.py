@@ -18,7 +18,6 @@ Run::
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,20 +28,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import machine  # noqa: E402
 from speechbrain_ext.checkpoints import build_architecture  # noqa: E402
 from speechbrain_ext.extraction import embed_full_utterances  # noqa: E402
-
-
-def cpu_model():
-    """The CPU's model name (from /proc/cpuinfo when available)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_files(folder, n_files, min_seconds, max_seconds, seed=0):
@@ -127,11 +115,7 @@ def main(argv=None):
         baseline_s, baseline_cpu = np.min(baseline_runs, axis=0)
         ours_s, ours_cpu = np.min(ours_runs, axis=0)
     difference = float(np.abs(ours - baseline).max())
-    print(
-        f"machine: {cpu_model()}, {os.cpu_count()} cores "
-        f"({args.threads} torch threads), torch {torch.__version__}, "
-        f"device {device}"
-    )
+    print(f"machine: {machine()}, device {device}")
     print(
         f"model: WavLM {args.model} + MHFA, {args.n_files} files of "
         f"{args.min_seconds:g}-{args.max_seconds:g} s"

@@ -15,39 +15,17 @@ Usage::
 
 import argparse
 import os
-import platform
 import shutil
 import struct
 import sys
 import tempfile
-import time
 
 import soundfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import machine, timed  # noqa: E402
 from data_prep.voxceleb import scan_folder  # noqa: E402
-
-
-def machine():
-    """One line: CPU model, usable cores, torch version, GPU."""
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    gpu = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else "not available in this session"
-    )
-    return (
-        f"{cpu}, {len(os.sched_getaffinity(0))} cores, "
-        f"torch {torch.__version__}, GPU: {gpu}"
-    )
 
 
 def wav_bytes(n_samples, sample_rate=16000):
@@ -102,13 +80,6 @@ def naive_scan(root):
                 info = soundfile.info(os.path.join(folder, name))
                 rows.append((name, info.frames / info.samplerate))
     return rows
-
-
-def timed(function, *args, **kwargs):
-    """(result, seconds)."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
 
 
 def main():

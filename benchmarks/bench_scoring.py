@@ -17,9 +17,7 @@ Run::
 
 import argparse
 import os
-import platform
 import sys
-import time
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from speechbrain.utils.metric_stats import EER, minDCF
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import machine, timed  # noqa: E402
 from speechbrain_ext.metrics import verification_metrics  # noqa: E402
 from speechbrain_ext.scoring import (  # noqa: E402
     as_norm,
@@ -37,18 +36,6 @@ from speechbrain_ext.scoring import (  # noqa: E402
     normalise_rows,
     score_trials,
 )
-
-
-def cpu_model():
-    """The CPU's model name (from /proc/cpuinfo when available)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def reference_loop(crops, full, enrol, test):
@@ -62,13 +49,6 @@ def reference_loop(crops, full, enrol, test):
         score = (torch.mean(a @ b.T) + torch.mean(fa @ fb.T)) / 2
         scores.append(score.item())
     return np.array(scores)
-
-
-def timed(function, *args, **kwargs):
-    """``(result, seconds)`` of one call."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
 
 
 def main(argv=None):
@@ -144,10 +124,7 @@ def main(argv=None):
     growth = (args.n_trials / args.sb_sample) ** 2
     sb_total = (eer_s + 2 * dcf_s) * growth
 
-    print(
-        f"machine: {cpu_model()}, {os.cpu_count()} cores "
-        f"({args.threads} torch threads), torch {torch.__version__}"
-    )
+    print(f"machine: {machine()}")
     print(
         f"{args.n_trials} trials, {args.n_files} files, {args.dim}-d, "
         f"{args.n_crops} crops, cohort {args.cohort} (top {args.top_k})"

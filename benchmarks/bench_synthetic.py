@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_scan import machine  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from data_prep.baseline import baseline_eer  # noqa: E402
 from data_prep.synthetic import (  # noqa: E402
     DEFAULT_SIZES,

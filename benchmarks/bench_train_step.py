@@ -18,8 +18,6 @@ our step in bf16.
 import argparse
 import copy
 import functools
-import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,7 @@ from speechbrain.dataio.batch import PaddedBatch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
 
+from benchmarks.common import machine  # noqa: E402
 from speechbrain_ext.aam import AAMCrossEntropy  # noqa: E402
 from speechbrain_ext.classifier import CosineClassifier  # noqa: E402
 from speechbrain_ext.loss_gate import DynamicLossGate  # noqa: E402
@@ -178,18 +177,6 @@ def time_phase(brains, batch, epoch, threshold, repeats, device):
     }
 
 
-def cpu_model():
-    """The CPU model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main():
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -251,11 +238,7 @@ def main():
         ref = result.pop("reference")
         for precision, ours_result in result.items():
             rows.append((phase, precision, ref, ours_result))
-    print(
-        f"machine: {cpu_model()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"device {device}"
-    )
+    print(f"machine: {machine()}, device {device}")
     print(
         f"model: {args.size}, batch {args.batch} x {args.crop} samples, "
         f"{args.repeats} timed steps each (median, alternating), 25% of the "

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import machine  # noqa: E402
 from speechbrain_ext.mhfa import MHFA  # noqa: E402
 from speechbrain_ext.wavlm import (  # noqa: E402
     WavLM,
@@ -176,28 +177,12 @@ def cpu_peak_memory(models, wavs):
 
 
 def machine_info():
-    """CPU model, cores, threads, library versions and GPU."""
+    """The machine line plus the transformers and Python versions."""
     import transformers
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    gpu = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else "not available"
-    )
     return (
-        f"CPU: {cpu}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}; GPU: {gpu}; torch {torch.__version__}, "
-        f"transformers {transformers.__version__}, Python "
-        f"{platform.python_version()}"
+        f"CPU: {machine()}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()}"
     )
 
 

@@ -31,35 +31,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
 from data_prep.voxceleb import TrialListError  # noqa: E402
-from speechbrain_ext.audio import AudioError  # noqa: E402
-from speechbrain_ext.checkpoints import CheckpointMismatchError  # noqa: E402
 from speechbrain_ext.classifier import CosineClassifier  # noqa: E402
 from speechbrain_ext.convert import (  # noqa: E402
     ReferenceCheckpointError,
     convert_reference,
 )
-from speechbrain_ext.export import calibrate_threshold, export_model  # noqa: E402
-from speechbrain_ext.io_utils import (  # noqa: E402
-    CorruptFileError,
-    UnsafeCheckpointError,
-    safe_torch_load,
+from speechbrain_ext.export import (  # noqa: E402
+    calibrate_on_dev_trials,
+    export_model,
 )
+from speechbrain_ext.io_utils import safe_torch_load  # noqa: E402
 from speechbrain_ext.metrics import TrialLabelError  # noqa: E402
-from speechbrain_ext.scoring import read_trials  # noqa: E402
-from speechbrain_ext.stage_utils import pick_device  # noqa: E402
+from speechbrain_ext.stage_utils import (  # noqa: E402
+    MODEL_INPUT_ERRORS,
+    exit_on_input_errors,
+    pick_device,
+)
 from speechbrain_ext.wavlm import WavLMCheckpointError, load_wavlm  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-INPUT_ERRORS = (
-    AudioError,
-    CheckpointMismatchError,
-    CorruptFileError,
-    FileNotFoundError,
+INPUT_ERRORS = MODEL_INPUT_ERRORS + (
     ReferenceCheckpointError,
     TrialLabelError,
     TrialListError,
-    UnsafeCheckpointError,
     WavLMCheckpointError,
 )
 
@@ -147,17 +142,10 @@ def convert(args):
     }
     threshold = None
     if args.dev_trials:
-        device = pick_device(args.device)
-        trials = read_trials(args.dev_trials)
-        threshold, dev_eer = calibrate_threshold(
-            model.to(device), trials, args.data_folder, device=device
+        threshold, dev_info = calibrate_on_dev_trials(
+            model, args.dev_trials, args.data_folder, pick_device(args.device)
         )
-        model.cpu()
-        info["threshold_origin"] = (
-            f"EER point of the full-utterance cosine on "
-            f"{os.path.abspath(trials.path)} (EER {dev_eer:.2f}%)"
-        )
-        info["dev_EER_percent"] = dev_eer
+        info.update(dev_info)
     export_model(model, args.output_folder, threshold, info)
     logger.info("wrote %s and %s/CKPT+converted", args.output_folder, save)
     return info
@@ -167,10 +155,8 @@ def main(argv):
     """Run the conversion from the command line."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with exit_on_input_errors(INPUT_ERRORS):
         convert(args)
-    except INPUT_ERRORS as error:
-        sys.exit(str(error).strip("'\""))
 
 
 if __name__ == "__main__":

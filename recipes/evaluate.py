@@ -27,9 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.voxceleb import TrialListError  # noqa: E402
-from speechbrain_ext.audio import AudioError  # noqa: E402
 from speechbrain_ext.checkpoints import (  # noqa: E402
-    CheckpointMismatchError,
     load_embedding_model,
     weights_fingerprint,
 )
@@ -39,11 +37,7 @@ from speechbrain_ext.embeddings_io import (  # noqa: E402
 )
 from speechbrain_ext.export import embedding_size  # noqa: E402
 from speechbrain_ext.extraction import evaluation_embeddings  # noqa: E402
-from speechbrain_ext.io_utils import (  # noqa: E402
-    CorruptFileError,
-    UnsafeCheckpointError,
-    atomic_open,
-)
+from speechbrain_ext.io_utils import atomic_open  # noqa: E402
 from speechbrain_ext.metrics import (  # noqa: E402
     TrialLabelError,
     plot_det,
@@ -58,21 +52,16 @@ from speechbrain_ext.scoring import (  # noqa: E402
     write_scores,
 )
 from speechbrain_ext.stage_utils import (  # noqa: E402
-    load_stage_hparams,
-    pick_device,
+    MODEL_INPUT_ERRORS,
+    run_stage,
 )
 
 logger = logging.getLogger(__name__)
 
-INPUT_ERRORS = (
-    AudioError,
-    CheckpointMismatchError,
-    CorruptFileError,
+INPUT_ERRORS = MODEL_INPUT_ERRORS + (
     EmbeddingsFileError,
-    FileNotFoundError,
     TrialLabelError,
     TrialListError,
-    UnsafeCheckpointError,
 )
 
 UNITS = {
@@ -237,17 +226,7 @@ def print_table(summary):
 
 def main(argv):
     """Run the stage from the command line (see the module docstring)."""
-    _, run_opts, hparams = load_stage_hparams(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        summary = evaluate(
-            hparams,
-            pick_device(run_opts.device),
-            progress=not run_opts.noprogressbar,
-        )
-    except INPUT_ERRORS as error:
-        sys.exit(str(error).strip("'\""))
-    print_table(summary)
+    print_table(run_stage(argv, evaluate, INPUT_ERRORS))
 
 
 if __name__ == "__main__":

@@ -21,37 +21,20 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.voxceleb import TrialListError  # noqa: E402
-from speechbrain_ext.audio import AudioError  # noqa: E402
-from speechbrain_ext.checkpoints import (  # noqa: E402
-    CheckpointMismatchError,
-    load_embedding_model,
-)
+from speechbrain_ext.checkpoints import load_embedding_model  # noqa: E402
 from speechbrain_ext.export import (  # noqa: E402
-    calibrate_threshold,
+    calibrate_on_dev_trials,
     export_model,
 )
-from speechbrain_ext.io_utils import (  # noqa: E402
-    CorruptFileError,
-    UnsafeCheckpointError,
-)
 from speechbrain_ext.metrics import TrialLabelError  # noqa: E402
-from speechbrain_ext.scoring import read_trials  # noqa: E402
 from speechbrain_ext.stage_utils import (  # noqa: E402
-    load_stage_hparams,
-    pick_device,
+    MODEL_INPUT_ERRORS,
+    run_stage,
 )
 
 logger = logging.getLogger(__name__)
 
-INPUT_ERRORS = (
-    AudioError,
-    CheckpointMismatchError,
-    CorruptFileError,
-    FileNotFoundError,
-    TrialLabelError,
-    TrialListError,
-    UnsafeCheckpointError,
-)
+INPUT_ERRORS = MODEL_INPUT_ERRORS + (TrialLabelError, TrialListError)
 
 
 def export(hparams, device, progress=True):
@@ -79,26 +62,18 @@ def export(hparams, device, progress=True):
     info = {"source": os.path.abspath(origin)}
     threshold = None
     if hparams["dev_trials"]:
-        trials = read_trials(hparams["dev_trials"])
-        threshold, dev_eer = calibrate_threshold(
-            model.to(device),
-            trials,
+        threshold, dev_info = calibrate_on_dev_trials(
+            model,
+            hparams["dev_trials"],
             hparams["data_folder"],
+            device,
             max_samples=hparams["max_samples"],
             max_batch_size=hparams["max_batch_size"],
             max_batch_samples=hparams["max_batch_samples"],
-            device=device,
             num_workers=hparams["num_workers"],
             progress=progress,
         )
-        info["threshold_origin"] = (
-            f"EER point of the full-utterance cosine on "
-            f"{os.path.abspath(trials.path)} ({len(trials.labels)} trials, "
-            f"EER {dev_eer:.2f}%)"
-        )
-        info["dev_trials"] = os.path.abspath(trials.path)
-        info["dev_EER_percent"] = dev_eer
-        model.cpu()
+        info.update(dev_info)
     else:
         logger.warning(
             "no dev_trials: the stored threshold is SpeechBrain's default "
@@ -113,16 +88,7 @@ def export(hparams, device, progress=True):
 
 def main(argv):
     """Run the stage from the command line (see the module docstring)."""
-    _, run_opts, hparams = load_stage_hparams(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        export(
-            hparams,
-            pick_device(run_opts.device),
-            progress=not run_opts.noprogressbar,
-        )
-    except INPUT_ERRORS as error:
-        sys.exit(str(error).strip("'\""))
+    run_stage(argv, export, INPUT_ERRORS)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from speechbrain_ext.audio import AudioError  # noqa: E402
 from speechbrain_ext.checkpoints import (  # noqa: E402
-    CheckpointMismatchError,
     load_embedding_model,
     weights_fingerprint,
 )
@@ -36,26 +34,15 @@ from speechbrain_ext.extraction import (  # noqa: E402
     find_wavs,
     read_utterance_list,
 )
-from speechbrain_ext.io_utils import (  # noqa: E402
-    CorruptFileError,
-    UnsafeCheckpointError,
-)
 from speechbrain_ext.scoring import check_files_exist  # noqa: E402
 from speechbrain_ext.stage_utils import (  # noqa: E402
-    load_stage_hparams,
-    pick_device,
+    MODEL_INPUT_ERRORS,
+    run_stage,
 )
 
 logger = logging.getLogger(__name__)
 
-INPUT_ERRORS = (
-    AudioError,
-    CheckpointMismatchError,
-    CorruptFileError,
-    FileNotFoundError,
-    UnsafeCheckpointError,
-    UtteranceListError,
-)
+INPUT_ERRORS = MODEL_INPUT_ERRORS + (UtteranceListError,)
 
 
 def list_utterances(hparams):
@@ -130,16 +117,7 @@ def extract(hparams, device, progress=True):
 
 def main(argv):
     """Run the stage from the command line (see the module docstring)."""
-    _, run_opts, hparams = load_stage_hparams(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        extract(
-            hparams,
-            pick_device(run_opts.device),
-            progress=not run_opts.noprogressbar,
-        )
-    except INPUT_ERRORS as error:
-        sys.exit(str(error).strip("'\""))
+    run_stage(argv, extract, INPUT_ERRORS)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,13 @@ in checkpoint vs (4, 2) in model, bias (3,) in checkpoint vs (4,) in model
 import glob
 import os
 
-import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_ext.embedding_model import WavLMMHFA
 from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.mhfa import MHFA
-from speechbrain_ext.model_factory import wavlm_config
-from speechbrain_ext.wavlm import WavLM
+from speechbrain_ext.model_factory import mhfa_for, wavlm_config
+from speechbrain_ext.wavlm import WavLM, state_dict_problems
 
 EXPORTED_FILES = ("hyperparams.yaml", "embedding_model.ckpt")
 
@@ -47,11 +45,6 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointNotFoundError(FileNotFoundError):
     """Raised when no usable checkpoint is found where one is expected."""
-
-
-def _first(items, n=3):
-    shown = ", ".join(items[:n])
-    return shown + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
 def check_state_dict(expected, state_dict, source):
@@ -72,6 +65,7 @@ def check_state_dict(expected, state_dict, source):
 
     Example
     -------
+    >>> import torch
     >>> check_state_dict({"a": torch.zeros(1)}, {"b": torch.zeros(1)}, "f")
     Traceback (most recent call last):
     ...
@@ -83,26 +77,11 @@ the model built from the hparams: missing keys: a; unexpected keys: b
             f"{source}: expected a state dict, found "
             f"{type(state_dict).__name__}"
         )
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k} {tuple(v.shape)} in checkpoint vs "
-        f"{tuple(expected[k].shape)} in model"
-        for k, v in state_dict.items()
-        if k in expected
-        and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_first(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_first(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch: {_first(mismatched)}")
+    problems = state_dict_problems(expected, state_dict)
     if problems:
         raise CheckpointMismatchError(
             f"{source}: does not fit the model built from the hparams: "
-            + "; ".join(problems)
+            f"{problems}"
         )
 
 
@@ -311,13 +290,7 @@ def build_architecture(
     3
     """
     config = wavlm_config(preset, **(wavlm_overrides or {}))
-    mhfa = MHFA(
-        n_layers=config.encoder_layers + 1,
-        input_size=config.encoder_embed_dim,
-        n_heads=n_heads,
-        compression_size=compression_size,
-        output_size=output_size,
-    )
+    mhfa = mhfa_for(config, n_heads, compression_size, output_size)
     return WavLMMHFA(WavLM(config), mhfa)
 
 

@@ -28,6 +28,7 @@ from speechbrain_ext.metrics import eer, split_scores
 from speechbrain_ext.scoring import (
     check_files_exist,
     file_vectors,
+    read_trials,
     score_trials,
 )
 
@@ -319,3 +320,66 @@ def calibrate_threshold(model, trials, data_folder, **kwargs):
     positive, negative = split_scores(scores, trials.labels, trials.path)
     value, threshold = eer(positive, negative)
     return threshold, 100 * value
+
+
+def calibrate_on_dev_trials(
+    model, trials_file, data_folder, device="cpu", **kwargs
+):
+    """:func:`calibrate_threshold` on a trial list file, with provenance.
+
+    The model runs on ``device`` and is moved back to the CPU afterwards.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The embedding model.
+    trials_file : str
+        The development trial list (``LABEL ENROL TEST``).
+    data_folder : str
+        Its wav root.
+    device : str
+        Where the embeddings are computed.
+    **kwargs
+        Passed to :func:`speechbrain_ext.extraction.embed_full_utterances`.
+
+    Returns
+    -------
+    threshold : float
+    info : dict
+        ``threshold_origin``, ``dev_trials`` and ``dev_EER_percent``, for
+        the ``info`` of :func:`export_model`.
+
+    Example
+    -------
+    >>> import os, tempfile, soundfile, numpy as np
+    >>> from speechbrain_ext.checkpoints import build_architecture
+    >>> folder = tempfile.mkdtemp()
+    >>> rng = np.random.default_rng(0)
+    >>> for name in ("a/v/1.wav", "a/v/2.wav", "b/v/1.wav"):
+    ...     os.makedirs(os.path.dirname(os.path.join(folder, name)),
+    ...                 exist_ok=True)
+    ...     soundfile.write(os.path.join(folder, name),
+    ...                     0.1 * rng.standard_normal(8000), 16000)
+    >>> with open(os.path.join(folder, "trials.txt"), "w") as f:
+    ...     _ = f.write("1 a/v/1.wav a/v/2.wav\\n0 a/v/1.wav b/v/1.wav\\n")
+    >>> model = build_architecture("tiny", 4, 8, 16).eval()
+    >>> threshold, info = calibrate_on_dev_trials(
+    ...     model, os.path.join(folder, "trials.txt"), folder, progress=False)
+    >>> info["threshold_origin"].startswith("EER point"), sorted(info)
+    (True, ['dev_EER_percent', 'dev_trials', 'threshold_origin'])
+    """
+    trials = read_trials(trials_file)
+    threshold, dev_eer = calibrate_threshold(
+        model.to(device), trials, data_folder, device=device, **kwargs
+    )
+    model.cpu()
+    path = os.path.abspath(trials.path)
+    info = {
+        "threshold_origin": (
+            f"EER point of the full-utterance cosine on {path} "
+            f"({len(trials.labels)} trials, EER {dev_eer:.2f}%)"
+        ),
+        "dev_trials": path,
+        "dev_EER_percent": dev_eer,
+    }
+    return threshold, info

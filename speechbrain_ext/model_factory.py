@@ -40,6 +40,34 @@ def wavlm_config(preset="base_plus", **overrides):
     return getattr(WavLMConfig, preset)(**overrides)
 
 
+def mhfa_for(config, n_heads=64, compression_size=128, output_size=256):
+    """An MHFA sized to read every hidden state of a WavLM.
+
+    Arguments
+    ---------
+    config : WavLMConfig
+        The WavLM's config.
+    n_heads, compression_size, output_size : int
+        MHFA sizes (64, 128, 256 in the reference).
+
+    Returns
+    -------
+    MHFA
+
+    Example
+    -------
+    >>> mhfa_for(wavlm_config("tiny"), 4, 8, 16).n_layers
+    3
+    """
+    return MHFA(
+        n_layers=config.encoder_layers + 1,
+        input_size=config.encoder_embed_dim,
+        n_heads=n_heads,
+        compression_size=compression_size,
+        output_size=output_size,
+    )
+
+
 def build_wavlm(pretrained_path=None, preset="base_plus", **overrides):
     """Pre-trained WavLM from ``pretrained_path``, or a random one.
 
@@ -116,11 +144,5 @@ def build_embedding_model(
     3
     """
     wavlm = build_wavlm(pretrained_path, preset, **(wavlm_overrides or {}))
-    mhfa = MHFA(
-        n_layers=wavlm.config.encoder_layers + 1,
-        input_size=wavlm.config.encoder_embed_dim,
-        n_heads=n_heads,
-        compression_size=compression_size,
-        output_size=output_size,
-    )
+    mhfa = mhfa_for(wavlm.config, n_heads, compression_size, output_size)
     return WavLMMHFA(wavlm, mhfa)

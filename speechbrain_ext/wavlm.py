@@ -1436,9 +1436,29 @@ def _first(keys, n=3):
     return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _check_state_dict(expected, state_dict, source):
-    """Raise one :class:`WavLMCheckpointError` line naming the first missing,
-    unexpected and mis-shaped keys."""
+def state_dict_problems(expected, state_dict):
+    """How ``state_dict`` fails to fit a model whose own one is ``expected``.
+
+    Arguments
+    ---------
+    expected : dict
+        The model's ``state_dict()``.
+    state_dict : dict
+        The loaded tensors.
+
+    Returns
+    -------
+    str
+        The first missing, unexpected and mis-shaped keys, ``"; "``-joined;
+        empty when it fits.
+
+    Example
+    -------
+    >>> state_dict_problems({"a": torch.zeros(1), "b": torch.zeros(2)},
+    ...                     {"b": torch.zeros(3), "c": 1})
+    'missing keys: a; unexpected keys: c; shape mismatch: b (3,) in \
+checkpoint vs (2,) in model'
+    """
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = []
@@ -1459,10 +1479,16 @@ def _check_state_dict(expected, state_dict, source):
         problems.append(f"unexpected keys: {_first(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatch: {_first(mismatched)}")
+    return "; ".join(problems)
+
+
+def _check_state_dict(expected, state_dict, source):
+    """Raise one :class:`WavLMCheckpointError` line naming the first missing,
+    unexpected and mis-shaped keys."""
+    problems = state_dict_problems(expected, state_dict)
     if problems:
         raise WavLMCheckpointError(
-            f"{source}: checkpoint does not fit the WavLM config: "
-            + "; ".join(problems)
+            f"{source}: checkpoint does not fit the WavLM config: {problems}"
         )
 
 

@@ -6,11 +6,9 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_ext import extraction
-from speechbrain_ext.checkpoints import build_architecture
 from speechbrain_ext.embeddings_io import save_embeddings
 from speechbrain_ext.metrics import verification_metrics
 from speechbrain_ext.scoring import read_trials
@@ -22,20 +20,13 @@ TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
 TINY += ["--n_crops=3", "--crop_samples=16000"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_architecture("tiny", 4, 8, 16)
+def checkpoint(tiny_model, tmp_path_factory):
     save = tmp_path_factory.mktemp("train") / "save"
-    Checkpointer(save, {"embedding_model": model}).save_checkpoint()
+    Checkpointer(save, {"embedding_model": tiny_model}).save_checkpoint()
     return str(save)
 
 

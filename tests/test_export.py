@@ -15,7 +15,6 @@ import yaml
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_ext.audio import read_audio
-from speechbrain_ext.checkpoints import build_architecture
 from speechbrain_ext.export import calibrate_threshold
 from speechbrain_ext.inference import WavLMSpeakerVerification
 from speechbrain_ext.scoring import read_trials
@@ -25,25 +24,14 @@ TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
 TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_architecture("tiny", 4, 8, 16).eval()
-
-
-@pytest.fixture(scope="module")
-def exported(model, tiny_corpus, tmp_path_factory):
+def exported(tiny_model, tiny_corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     save = folder / "train" / "save"
-    Checkpointer(save, {"embedding_model": model}).save_checkpoint()
+    Checkpointer(save, {"embedding_model": tiny_model}).save_checkpoint()
     spec = importlib.util.spec_from_file_location(
         "export_pretrained",
         os.path.join(ROOT, "recipes", "export_pretrained.py"),
@@ -68,7 +56,9 @@ def exported(model, tiny_corpus, tmp_path_factory):
     return str(folder / "model")
 
 
-def test_folder_content_and_calibrated_threshold(exported, model, tiny_corpus):
+def test_folder_content_and_calibrated_threshold(
+    exported, tiny_model, tiny_corpus
+):
     assert sorted(os.listdir(exported)) == [
         "README.md",
         "custom.py",
@@ -79,7 +69,7 @@ def test_folder_content_and_calibrated_threshold(exported, model, tiny_corpus):
     with open(os.path.join(exported, "hyperparams.yaml")) as f:
         stored = yaml.safe_load(f.read().split("\nwavlm_config:")[0])
     expected, _ = calibrate_threshold(
-        model,
+        tiny_model,
         read_trials(tiny_corpus["trials"]),
         tiny_corpus["data_folder"],
         progress=False,
@@ -133,7 +123,7 @@ FRESH_PROCESS = textwrap.dedent(
 
 
 def test_speechbrain_loads_it_in_a_fresh_process(
-    exported, model, tiny_corpus, tmp_path
+    exported, tiny_model, tiny_corpus, tmp_path
 ):
     trials = read_trials(tiny_corpus["trials"])
     file_a, file_b = (
@@ -159,9 +149,9 @@ def test_speechbrain_loads_it_in_a_fresh_process(
     out = json.loads(result.stdout.strip().splitlines()[-1])
 
     with torch.no_grad():
-        expected = model(wavs)
-        expected_a = model(read_audio(file_a)[None])
-        expected_b = model(read_audio(file_b)[None])
+        expected = tiny_model(wavs)
+        expected_a = tiny_model(read_audio(file_a)[None])
+        expected_b = tiny_model(read_audio(file_b)[None])
     padded = torch.tensor(out["padded"])
     assert padded.shape == (2, 1, 16)
     torch.testing.assert_close(padded[0], expected[0], atol=1e-5, rtol=0)

@@ -13,7 +13,6 @@ from speechbrain_ext import extraction
 from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.checkpoints import (
     CheckpointNotFoundError,
-    build_architecture,
     find_checkpoint,
 )
 from speechbrain_ext.embeddings_io import load_embeddings
@@ -31,19 +30,7 @@ TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
 TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine is shared: extra threads only add contention here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_architecture("tiny", 4, 8, 16).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -74,55 +61,59 @@ def test_length_batches_bounds():
     assert batches[0] == [0, 3]
 
 
-def test_batched_equals_one_at_a_time_and_is_deterministic(model, paths):
-    expected = one_at_a_time(model, paths)
+def test_batched_equals_one_at_a_time_and_is_deterministic(tiny_model, paths):
+    expected = one_at_a_time(tiny_model, paths)
     lengths = [soundfile.info(p).frames for p in paths]
     assert len(set(lengths)) > 1, "the test needs utterances of many lengths"
     batched = embed_full_utterances(
-        model, paths, max_samples=None, max_batch_size=4, progress=False
+        tiny_model, paths, max_samples=None, max_batch_size=4, progress=False
     )
     np.testing.assert_allclose(batched, expected, atol=1e-4, rtol=0)
     again = embed_full_utterances(
-        model, paths, max_samples=None, max_batch_size=4, progress=False
+        tiny_model, paths, max_samples=None, max_batch_size=4, progress=False
     )
     assert np.array_equal(batched, again)
 
 
-def test_cap_on_full_utterance(model, paths):
+def test_cap_on_full_utterance(tiny_model, paths):
     capped = embed_full_utterances(
-        model, paths[:3], max_samples=20_000, progress=False
+        tiny_model, paths[:3], max_samples=20_000, progress=False
     )
     np.testing.assert_allclose(
-        capped, one_at_a_time(model, paths[:3], 20_000), atol=1e-4, rtol=0
+        capped, one_at_a_time(tiny_model, paths[:3], 20_000), atol=1e-4, rtol=0
     )
 
 
-def test_crops_wrap_pad_short_audio(model, tmp_path):
+def test_crops_wrap_pad_short_audio(tiny_model, tmp_path):
     short = tmp_path / "short.wav"
     wav = np.random.default_rng(0).normal(0, 0.1, 6000).astype(np.float32)
     soundfile.write(short, wav, 16000)
     crops = embed_crops(
-        model, [str(short)], crop_samples=16_000, n_crops=3, progress=False
+        tiny_model, [str(short)], crop_samples=16_000, n_crops=3, progress=False
     )
     assert crops.shape == (1, 3, 16)
     with torch.no_grad():
-        expected = model(wrap_pad(torch.from_numpy(wav), 16_000)[None])
+        expected = tiny_model(wrap_pad(torch.from_numpy(wav), 16_000)[None])
     for crop in crops[0]:
         np.testing.assert_allclose(crop, expected[0, 0], atol=1e-5, rtol=0)
 
 
-def test_shards_resume_and_recompute(model, paths, tmp_path, monkeypatch):
+def test_shards_resume_and_recompute(tiny_model, paths, tmp_path, monkeypatch):
     keys = [f"k{i}" for i in range(len(paths))]
     folder = str(tmp_path / "shards")
-    first = embed_in_shards(
-        model,
-        paths,
-        keys,
-        folder,
-        shard_size=2,
-        fingerprint="A",
-        progress=False,
-    )
+
+    def embed(fingerprint):
+        return embed_in_shards(
+            tiny_model,
+            paths,
+            keys,
+            folder,
+            shard_size=2,
+            fingerprint=fingerprint,
+            progress=False,
+        )
+
+    first = embed("A")
     assert sorted(os.listdir(folder)) == [
         "shard_00000.pt",
         "shard_00001.pt",
@@ -142,27 +133,11 @@ def test_shards_resume_and_recompute(model, paths, tmp_path, monkeypatch):
         data = f.read()
     with open(last, "wb") as f:
         f.write(data[: len(data) // 2])
-    resumed = embed_in_shards(
-        model,
-        paths,
-        keys,
-        folder,
-        shard_size=2,
-        fingerprint="A",
-        progress=False,
-    )
+    resumed = embed("A")
     assert calls == [2, 2]
     assert np.array_equal(first, resumed)
     calls.clear()
-    embed_in_shards(
-        model,
-        paths,
-        keys,
-        folder,
-        shard_size=2,
-        fingerprint="B",
-        progress=False,
-    )
+    embed("B")
     assert calls == [2, 2, 2]
 
 
@@ -187,10 +162,10 @@ def run_script(argv):
 
 
 def test_stage_script_writes_the_embeddings_file(
-    model, tiny_corpus, tmp_path, monkeypatch
+    tiny_model, tiny_corpus, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(ROOT)
-    save = save_checkpoint(model, str(tmp_path / "train"))
+    save = save_checkpoint(tiny_model, str(tmp_path / "train"))
     output = tmp_path / "emb.pt"
     run_script(
         TINY
@@ -206,14 +181,14 @@ def test_stage_script_writes_the_embeddings_file(
     assert keys == read_utterance_list(tiny_corpus["train_list"])
     paths = [os.path.join(tiny_corpus["data_folder"], k) for k in keys[:4]]
     np.testing.assert_allclose(
-        matrix[:4], one_at_a_time(model, paths, 700_000), atol=1e-4, rtol=0
+        matrix[:4], one_at_a_time(tiny_model, paths, 700_000), atol=1e-4, rtol=0
     )
     assert not os.path.exists(str(output) + ".shards")
 
 
-def test_stage_script_errors(model, tiny_corpus, tmp_path, monkeypatch):
+def test_stage_script_errors(tiny_model, tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    save = save_checkpoint(model, str(tmp_path / "train"))
+    save = save_checkpoint(tiny_model, str(tmp_path / "train"))
     output = tmp_path / "emb.pt"
     common = [f"--data_folder={tiny_corpus['data_folder']}"]
     with pytest.raises(SystemExit, match="'model_source' is a !PLACEHOLDER"):
@@ -246,11 +221,11 @@ def test_stage_script_errors(model, tiny_corpus, tmp_path, monkeypatch):
 
 
 def test_exported_folder_as_source_gives_the_same_embeddings(
-    model, tiny_corpus, tmp_path, monkeypatch
+    tiny_model, tiny_corpus, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(ROOT)
-    export_model(model, str(tmp_path / "exported"))
-    save = save_checkpoint(model, str(tmp_path / "train"))
+    export_model(tiny_model, str(tmp_path / "exported"))
+    save = save_checkpoint(tiny_model, str(tmp_path / "train"))
     outputs = {}
     for name, source in (("ckpt", save), ("exported", tmp_path / "exported")):
         outputs[name] = tmp_path / f"{name}.pt"
@@ -271,17 +246,17 @@ def test_exported_folder_as_source_gives_the_same_embeddings(
     assert np.array_equal(load_embeddings(outputs["exported"])[1], from_ckpt)
 
 
-def test_bad_audio_is_refused_before_extraction(model, tmp_path):
+def test_bad_audio_is_refused_before_extraction(tiny_model, tmp_path):
     stereo = tmp_path / "stereo.wav"
     soundfile.write(stereo, np.zeros((800, 2), np.float32), 16000)
     with pytest.raises(AudioError, match="stereo.wav: 16000 Hz, 2 channel"):
-        embed_full_utterances(model, [str(stereo)], progress=False)
+        embed_full_utterances(tiny_model, [str(stereo)], progress=False)
     with pytest.raises(AudioError, match="stereo.wav"):
-        embed_crops(model, [str(stereo)], progress=False)
+        embed_crops(tiny_model, [str(stereo)], progress=False)
 
 
-def test_latest_complete_checkpoint_is_used(model, tmp_path):
-    save = save_checkpoint(model, str(tmp_path))
+def test_latest_complete_checkpoint_is_used(tiny_model, tmp_path):
+    save = save_checkpoint(tiny_model, str(tmp_path))
     complete = find_checkpoint(save)
     # A newer save killed before its CKPT.yaml was written is skipped.
     broken = os.path.join(save, "CKPT+9999-12-31+23-59-59+00")

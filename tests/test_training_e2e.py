@@ -264,6 +264,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def torchrun_train():
+    """Command that starts train.py on two processes."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(ROOT / "train.py"),
+    ]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_take_the_same_first_step_as_one(inputs, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -289,16 +301,8 @@ def test_ddp_two_processes_take_the_same_first_step_as_one(inputs, tmp_path):
         capture_output=True,
     )
     double = argv(inputs, tmp_path / "two") + common
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        str(ROOT / "train.py"),
-    ]
     result = subprocess.run(
-        torchrun + double + ["--distributed_backend=gloo"],
+        torchrun_train() + double + ["--distributed_backend=gloo"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -336,14 +340,7 @@ def test_ddp_with_layer_drop_runs(inputs, tmp_path):
         wavlm_overrides="{encoder_layerdrop: 0.5}",
     )
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={free_port()}",
-            str(ROOT / "train.py"),
-        ]
+        torchrun_train()
         + options
         + [
             "--distributed_backend=gloo",
