@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""Benchmark of the pseudo-label clustering on synthetic speaker embeddings.
+
+Generates realistic synthetic embeddings (VoxCeleb2-like: 5,994 speakers,
+long-tailed utterance counts summing to 1,092,009, per-video session
+offsets, per-utterance noise levels; tuned so that the exact pipeline's NMI
+is about 0.95 and the cosine EER a few percent, as for DINO embeddings) and
+prints, in one run:
+
+* on a subset (a fraction of the speakers and utterances, with the cluster
+  counts scaled alike): the reference algorithm (scikit-learn KMeans to
+  convergence + full Ward), flat exact K-Means (3 iterations) + graph Ward,
+  and ours (the defaults of ``hparams/pseudo_label.yaml``): wall time, peak
+  extra RSS, NMI;
+* with ``--full``: ours alone at full scale through the command line
+  (embeddings file written with its cache, then
+  ``recipes/pseudo_label.py``): load / K-Means / AHC / write times, peak RSS
+  and NMI from its JSON report.
+
+To run::
+
+    python benchmarks/bench_clustering.py [--subset 0.0625] [--full]
+
+(``--subset 0 --full``: full scale only.)
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from sklearn.cluster import AgglomerativeClustering, KMeans  # noqa: E402
+
+from speechbrain_ext.clustering import (  # noqa: E402
+    ahc_ward,
+    cluster_metrics,
+    kmeans,
+    pseudo_label,
+)
+from speechbrain_ext.embeddings_io import save_embeddings  # noqa: E402
+
+VOXCELEB2 = {"speakers": 5994, "utterances": 1092009}
+
+
+def utterance_counts(rng, n_speakers, n_utterances, sigma=0.55, low=20):
+    """Long-tailed (log-normal) utterances per speaker with an exact sum.
+
+    Arguments
+    ---------
+    rng : numpy.random.Generator
+    n_speakers : int
+    n_utterances : int
+        The sum of the counts.
+    sigma : float
+        Log-normal spread.
+    low : int
+        Minimum count (before the final rounding).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``[n_speakers]``.
+
+    Example
+    -------
+    >>> counts = utterance_counts(np.random.default_rng(0), 10, 1000)
+    >>> int(counts.sum()), bool(counts.min() >= 19)
+    (1000, True)
+    """
+    raw = rng.lognormal(0.0, sigma, n_speakers)
+    counts = np.maximum(low, raw / raw.sum() * n_utterances)
+    counts = counts / counts.sum() * n_utterances
+    rounded = np.floor(counts).astype(np.int64)
+    rounded[np.argsort(rounded - counts)[: n_utterances - rounded.sum()]] += 1
+    return rounded
+
+
+def generate_embeddings(
+    n_speakers=VOXCELEB2["speakers"],
+    n_utterances=VOXCELEB2["utterances"],
+    dim=512,
+    seed=0,
+    video_std=0.55,
+    noise_std=1.1,
+    spectrum=4.0,
+    noise_spread=0.35,
+    utterances_per_video=7,
+):
+    """Synthetic speaker embeddings, written speaker by speaker.
+
+    Every component has the same decaying spectrum (variance of dimension
+    k proportional to ``1 / (1 + k / spectrum)``, so that the embeddings,
+    like real ones, are far from isotropic): a unit-norm speaker centre,
+    plus a per-video session offset (``video_std``), plus per-utterance
+    noise whose level is log-normal around ``noise_std``. The only big
+    allocation is the output matrix.
+
+    Arguments
+    ---------
+    n_speakers, n_utterances, dim : int
+        Sizes.
+    seed : int
+        Random seed.
+    video_std, noise_std, spectrum, noise_spread : float
+        See above.
+    utterances_per_video : int
+        Average number of utterances per video.
+
+    Returns
+    -------
+    keys : list of str
+        ``idSSSSS/VIDEO/UUUUU.wav`` (11-character video ids).
+    matrix : numpy.ndarray
+        float32 ``[n_utterances, dim]``.
+    speakers : numpy.ndarray
+        int64 speaker index of every row.
+
+    Example
+    -------
+    >>> keys, x, spk = generate_embeddings(3, 30, dim=8)
+    >>> keys[0], x.shape, spk.tolist()[:3]
+    ('id00000/v0000000000/00001.wav', (30, 8), [0, 0, 0])
+    """
+    rng = np.random.default_rng(seed)
+    counts = utterance_counts(rng, n_speakers, n_utterances)
+    variance = 1.0 / (1.0 + np.arange(dim) / spectrum)
+    scale = np.sqrt(variance / variance.sum()).astype(np.float32)
+    matrix = np.empty((n_utterances, dim), dtype=np.float32)
+    keys = []
+    start = video_base = 0
+    for speaker, count in enumerate(counts):
+        centre = rng.standard_normal(dim, dtype=np.float32) * scale
+        centre /= np.linalg.norm(centre)
+        n_videos = max(1, round(count / utterances_per_video))
+        video = np.sort(rng.integers(0, n_videos, count))
+        offsets = rng.standard_normal((n_videos, dim), dtype=np.float32)
+        offsets *= scale * np.float32(video_std)
+        level = noise_std * rng.lognormal(0.0, noise_spread, count)
+        noise = rng.standard_normal((count, dim), dtype=np.float32)
+        noise *= scale * level.astype(np.float32)[:, None]
+        matrix[start : start + count] = centre + offsets[video] + noise
+        first = np.searchsorted(video, video)
+        keys.extend(
+            f"id{speaker:05d}/v{video_base + v:010d}/{i - f + 1:05d}.wav"
+            for i, (v, f) in enumerate(zip(video.tolist(), first.tolist()))
+        )
+        start += count
+        video_base += n_videos
+    return keys, matrix, np.repeat(np.arange(n_speakers), counts)
+
+
+def cosine_eer(matrix, speakers, n_trials=20000, seed=0):
+    """Cosine-scoring EER on random target and non-target pairs.
+
+    Arguments
+    ---------
+    matrix : numpy.ndarray
+        ``[N, D]`` embeddings.
+    speakers : numpy.ndarray
+        Speaker of every row.
+    n_trials : int
+        Pairs of each kind.
+    seed : int
+
+    Returns
+    -------
+    float
+        EER as a fraction.
+
+    Example
+    -------
+    >>> x = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], dtype="float32")
+    >>> cosine_eer(x, np.array([0, 0, 1, 1]), n_trials=100)
+    0.0
+    """
+    rng = np.random.default_rng(seed)
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    order = np.argsort(speakers, kind="stable")
+    first = np.searchsorted(speakers[order], speakers)
+    count = np.bincount(speakers)[speakers]
+    a = rng.integers(0, len(matrix), n_trials)
+    same = order[first[a] + (rng.random(n_trials) * count[a]).astype(int)]
+    other = rng.integers(0, len(matrix), n_trials)
+    target = (unit[a] * unit[same]).sum(1)[same != a]
+    nontarget = (unit[a] * unit[other]).sum(1)[speakers[a] != speakers[other]]
+    thresholds = np.sort(np.concatenate([target, nontarget]))
+    miss = np.searchsorted(np.sort(target), thresholds) / len(target)
+    false_alarm = 1 - np.searchsorted(np.sort(nontarget), thresholds) / len(
+        nontarget
+    )
+    best = np.argmin(np.abs(miss - false_alarm))
+    return float((miss[best] + false_alarm[best]) / 2)
+
+
+class PeakRSS:
+    """Context manager sampling this process's RSS; ``.peak_gb`` is the
+    largest increase over the RSS at entry.
+
+    Example
+    -------
+    >>> with PeakRSS() as rss:
+    ...     block = np.ones(10**6)
+    >>> rss.peak_gb >= 0
+    True
+    """
+
+    def __enter__(self):
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak_gb = (self.peak - self.base) / 2**30
+
+
+def reference_pipeline(matrix, n_clusters, n_clusters_ahc, seed):
+    """scikit-learn KMeans (Lloyd from random points, to convergence) +
+    full Ward of the centroids.
+
+    Arguments
+    ---------
+    matrix : numpy.ndarray
+        ``[N, D]`` embeddings.
+    n_clusters, n_clusters_ahc, seed : int
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels.
+    """
+    model = KMeans(n_clusters, init="random", n_init=1, random_state=seed).fit(
+        matrix
+    )
+    ward = AgglomerativeClustering(n_clusters_ahc, linkage="ward")
+    return ward.fit_predict(model.cluster_centers_)[model.labels_]
+
+
+def flat3_pipeline(matrix, n_clusters, n_clusters_ahc, seed):
+    """Flat exact K-Means (3 Lloyd iterations) + Ward on a 10-NN graph.
+
+    Arguments
+    ---------
+    matrix : numpy.ndarray
+        ``[N, D]`` embeddings.
+    n_clusters, n_clusters_ahc, seed : int
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels.
+    """
+    centroids, labels, _ = kmeans(
+        matrix, n_clusters, n_iter=3, seed=seed, method="exact", tol=0
+    )
+    used, labels = np.unique(labels, return_inverse=True)
+    return ahc_ward(centroids[used], n_clusters_ahc, 10, seed)[labels]
+
+
+def machine():
+    """One line: CPU model, cores, torch version, GPU.
+
+    Example
+    -------
+    >>> "cores" in machine()
+    True
+    """
+    cpu = platform.processor() or "unknown CPU"
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else "not available in this session"
+    )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, GPU: {gpu}"
+    )
+
+
+def subset_benchmark(fraction, seed):
+    """Reference vs. flat-3 vs. ours on a fraction of the speakers.
+
+    Arguments
+    ---------
+    fraction : float
+        Fraction of speakers, utterances and clusters.
+    seed : int
+
+    Returns
+    -------
+    list of dict
+        One row per method.
+    """
+    n_speakers = round(VOXCELEB2["speakers"] * fraction)
+    n_utterances = round(VOXCELEB2["utterances"] * fraction)
+    n_clusters, n_ahc = round(50000 * fraction), round(7500 * fraction)
+    keys, matrix, speakers = generate_embeddings(
+        n_speakers, n_utterances, seed=seed
+    )
+    print(
+        f"subset: {n_utterances} x {matrix.shape[1]}, {n_speakers} speakers, "
+        f"K-Means {n_clusters}, AHC {n_ahc}, cosine EER "
+        f"{100 * cosine_eer(matrix, speakers):.2f}%",
+        flush=True,
+    )
+    methods = {
+        "reference (sklearn KMeans + full Ward)": reference_pipeline,
+        "flat K-Means 3 it + graph Ward": flat3_pipeline,
+        "ours (defaults)": lambda x, k, a, s: pseudo_label(
+            None, x, k, a, s, method="fast"
+        ),
+    }
+    rows = []
+    for name, method in methods.items():
+        start = time.perf_counter()
+        with PeakRSS() as rss:
+            labels = method(matrix, n_clusters, n_ahc, seed)
+        rows.append(
+            {
+                "method": name,
+                "wall_s": time.perf_counter() - start,
+                "peak_extra_rss_gb": rss.peak_gb,
+                **cluster_metrics(speakers, labels),
+            }
+        )
+        print(f"  {name}: {rows[-1]}", flush=True)
+    return rows
+
+
+def full_benchmark(folder, seed):
+    """Ours at full scale through the command line.
+
+    Arguments
+    ---------
+    folder : str
+        Where the embeddings file and outputs go.
+    seed : int
+
+    Returns
+    -------
+    dict
+        The recipe's JSON report plus generation and save times.
+    """
+    start = time.perf_counter()
+    keys, matrix, speakers = generate_embeddings(seed=seed)
+    generate_s = time.perf_counter() - start
+    print(
+        f"full: {matrix.shape[0]} x {matrix.shape[1]} generated in "
+        f"{generate_s:.0f} s, cosine EER "
+        f"{100 * cosine_eer(matrix, speakers):.2f}%",
+        flush=True,
+    )
+    path = os.path.join(folder, "embeddings.pt")
+    start = time.perf_counter()
+    save_embeddings((keys, matrix), path)
+    save_s = time.perf_counter() - start
+    del keys, matrix, speakers
+    output = os.path.join(folder, "labels.txt")
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "recipes", "pseudo_label.py"),
+            os.path.join(ROOT, "hparams", "pseudo_label.yaml"),
+            f"--embeddings_file={path}",
+            f"--output_file={output}",
+            f"--seed={seed}",
+        ],
+        check=True,
+    )
+    with open(output + ".json", encoding="utf-8") as f:
+        report = json.load(f)
+    report.update(generate_s=generate_s, save_s=save_s)
+    return report
+
+
+def print_subset_table(fraction, rows):
+    """Print the subset rows as a markdown table (ratios vs. the first).
+
+    Arguments
+    ---------
+    fraction : float
+        The subset fraction (for the header).
+    rows : list of dict
+        From :func:`subset_benchmark`.
+    """
+    base = rows[0]
+    print(
+        f"\n| subset {fraction:g} | wall s | x ref | peak extra RSS GB "
+        "| NMI | dNMI vs ref | purity | inv. purity |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['method']} | {row['wall_s']:.1f} | "
+            f"{row['wall_s'] / base['wall_s']:.2f} | "
+            f"{row['peak_extra_rss_gb']:.2f} | {row['nmi']:.4f} | "
+            f"{row['nmi'] - base['nmi']:+.4f} | {row['purity']:.4f} | "
+            f"{row['inverse_purity']:.4f} |"
+        )
+
+
+def main():
+    """Run the benchmark and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--subset", type=float, default=0.0625, help="0 skips the subset"
+    )
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folder", default=None)
+    args = parser.parse_args()
+    print(machine(), flush=True)
+    if args.subset > 0:
+        print_subset_table(
+            args.subset, subset_benchmark(args.subset, args.seed)
+        )
+    if args.full:
+        folder = args.folder or tempfile.mkdtemp(prefix="bench_clustering_")
+        report = full_benchmark(folder, args.seed)
+        wall = report["wall_s"]
+        print(
+            "\n| full scale (ours) | generate | save | load | K-Means | AHC "
+            "| write | total | peak RSS GB | NMI | clusters |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print(
+            f"| {report['utterances']} x {report['dim']} "
+            f"| {report['generate_s']:.0f} | {report['save_s']:.0f} "
+            f"| {wall['load']:.0f} | {wall['kmeans']:.0f} "
+            f"| {wall['ahc']:.0f} | {wall['write']:.0f} "
+            f"| {wall['total']:.0f} | {report['peak_rss_gb']:.2f} "
+            f"| {report['NMI']:.4f} | {report['clusters']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Clustering: known answers, equivalence with scikit-learn, determinism."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from speechbrain_ext.clustering import (
+    ahc_ward,
+    cluster_metrics,
+    kmeans,
+    knn_connectivity,
+    pseudo_label,
+    speakers_from_keys,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def speakers(n_speakers=12, per_speaker=40, dim=32, spread=0.3, seed=0):
+    """Points around random unit speaker centres; returns x and truth."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_speakers, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    truth = np.repeat(np.arange(n_speakers), per_speaker)
+    noise = rng.normal(size=(len(truth), dim)) * spread / np.sqrt(dim)
+    return (centres[truth] + noise).astype(np.float32), truth
+
+
+@pytest.mark.parametrize("method", ["exact", "fast"])
+def test_well_separated_speakers_give_nmi_one(method):
+    x, truth = speakers()
+    labels = pseudo_label(None, x, 60, 12, seed=0, method=method)
+    assert cluster_metrics(truth, labels)["nmi"] > 0.999
+
+
+def test_exact_kmeans_equals_sklearn_lloyd_from_the_same_start():
+    x, _ = speakers(spread=2.0)
+    # Our initial centroids: distinct random points, in index order.
+    rng = np.random.default_rng(3)
+    start = x[np.sort(rng.choice(len(x), 30, replace=False))]
+    ref = KMeans(30, init=start, n_init=1, max_iter=300, tol=0).fit(x)
+    _, labels, inertia = kmeans(
+        x, 30, n_iter=300, seed=3, method="exact", tol=1e-9
+    )
+    assert adjusted_rand_score(ref.labels_, labels) == 1.0
+    assert inertia == pytest.approx(ref.inertia_, rel=1e-4)
+
+
+def test_fast_kmeans_matches_exact_kmeans():
+    x, _ = speakers(n_speakers=20, per_speaker=60, spread=1.0)
+    _, exact, exact_inertia = kmeans(x, 80, seed=0, method="exact")
+    _, fast, fast_inertia = kmeans(
+        x, 80, seed=0, method="fast", sample_fraction=1.0, n_candidates=8
+    )
+    assert fast_inertia <= exact_inertia * 1.01
+    assert normalized_mutual_info_score(exact, fast) > 0.9
+
+
+def test_pipeline_equals_sklearn_exact_pipeline_on_tiny_data():
+    x, truth = speakers(n_speakers=8, per_speaker=25, spread=0.6)
+    ref = KMeans(40, n_init=1, random_state=0).fit(x)
+    ward = AgglomerativeClustering(8, linkage="ward")
+    reference = ward.fit_predict(ref.cluster_centers_)[ref.labels_]
+    ours = pseudo_label(None, x, 40, 8, seed=0, n_neighbors=None)
+    assert adjusted_rand_score(reference, ours) == 1.0
+    assert adjusted_rand_score(truth, ours) == 1.0
+
+
+def test_full_ward_equals_sklearn_and_graph_ward_agrees():
+    x, _ = speakers(n_speakers=6, per_speaker=10, spread=0.2)
+    ours = ahc_ward(x, 6, n_neighbors=None)
+    reference = AgglomerativeClustering(6, linkage="ward").fit_predict(x)
+    assert np.array_equal(ours, reference)
+    assert adjusted_rand_score(ours, ahc_ward(x, 6, n_neighbors=5)) == 1.0
+
+
+def test_knn_connectivity_links_each_point_to_its_neighbours():
+    points = np.array([[0.0], [1.0], [1.5], [10.0], [11.0]], dtype="float32")
+    graph = knn_connectivity(points, 1).toarray()
+    assert graph.tolist() == [
+        [0, 1, 0, 0, 0],
+        [0, 0, 1, 0, 0],
+        [0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 1],
+        [0, 0, 0, 1, 0],
+    ]
+
+
+def test_metrics_by_hand():
+    truth = ["a", "a", "a", "b", "b", "c"]
+    pred = [0, 0, 1, 1, 1, 1]
+    metrics = cluster_metrics(truth, pred)
+    # Cluster 0: 2 a; cluster 1: 2 b of 4. Classes: a 2 of 3, b 2, c 1.
+    assert metrics["purity"] == pytest.approx(4 / 6)
+    assert metrics["inverse_purity"] == pytest.approx(5 / 6)
+    assert metrics["nmi"] == pytest.approx(
+        normalized_mutual_info_score(truth, pred)
+    )
+
+
+def test_speakers_from_keys():
+    assert speakers_from_keys(["a/id7/v/1.wav", "id8/v/2.wav"]) == [
+        "id7",
+        "id8",
+    ]
+    assert speakers_from_keys(["id8/v/2.wav", "flat.wav"]) is None
+
+
+@pytest.mark.parametrize("method", ["exact", "fast"])
+def test_same_seed_same_labels(method):
+    x, _ = speakers(spread=1.5)
+    first = pseudo_label(None, x, 50, 10, seed=5, method=method)
+    again = pseudo_label(None, x, 50, 10, seed=5, method=method)
+    assert np.array_equal(first, again)
+
+
+def test_labels_are_compact_and_numbered_by_first_appearance():
+    x, _ = speakers(spread=1.5)
+    stats = {}
+    labels = pseudo_label(None, x, 50, 10, seed=0, stats=stats)
+    firsts = np.unique(labels, return_index=True)[1]
+    assert np.all(np.diff(firsts) > 0) and labels[0] == 0
+    assert labels.max() + 1 == len(np.unique(labels)) == 10
+    assert stats["n_clusters_ahc"] == 10 and stats["n_clusters"] == 50
+
+
+def test_ahc_zero_keeps_kmeans_clusters():
+    x, _ = speakers(spread=1.5)
+    assert len(np.unique(pseudo_label(None, x, 50, 0, seed=0))) == 50
+
+
+def test_fewer_embeddings_than_clusters_reduces_with_warning(caplog):
+    x, truth = speakers(n_speakers=3, per_speaker=4)
+    with caplog.at_level(logging.WARNING):
+        labels = pseudo_label(None, x, 50, 30, seed=0)
+    assert "only 12 embeddings for 50 K-Means clusters" in caplog.text
+    assert "skipping AHC" in caplog.text
+    assert len(labels) == 12 and len(np.unique(labels)) == 12
+
+
+def test_invalid_cluster_counts():
+    x, _ = speakers()
+    with pytest.raises(ValueError, match="larger than n_clusters"):
+        pseudo_label(None, x, 10, 20)
+    with pytest.raises(ValueError, match="n_clusters >= 1"):
+        pseudo_label(None, x, 0, 0)
+    with pytest.raises(ValueError, match="keys"):
+        pseudo_label(["a/b/c.wav"], x, 10, 2)
+    with pytest.raises(ValueError, match="must be in"):
+        kmeans(x, len(x) + 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_exact_kmeans_equals_cpu():
+    x, _ = speakers(spread=1.5)
+    _, cpu, _ = kmeans(x, 40, seed=0, method="exact", device="cpu")
+    _, gpu, _ = kmeans(x, 40, seed=0, method="exact", device="cuda")
+    assert adjusted_rand_score(cpu, gpu) > 0.99
