@@ -12,6 +12,12 @@ import tempfile
 import torch
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path that replaces ``path`` when the block succeeds.
@@ -44,6 +50,7 @@ def atomic_path(path):
         dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
     )
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
         os.replace(tmp, path)

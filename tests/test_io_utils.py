@@ -64,3 +64,13 @@ def test_truncated_pickle_is_corrupt_not_unsafe(tmp_path):
     path.write_bytes(path.read_bytes()[:30])
     with pytest.raises(CorruptFileError, match="legacy.pt"):
         safe_torch_load(path)
+
+
+def test_atomic_output_has_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "out.txt") as f:
+            f.write("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
