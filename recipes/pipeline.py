@@ -41,12 +41,12 @@ import time
 from dataclasses import dataclass
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from speechbrain_ext.io_utils import atomic_open  # noqa: E402
+from speechbrain_ext.stage_utils import load_stage_hparams  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -685,15 +685,7 @@ def load_hparams(argv):
     overrides : str
     hparams : dict
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    try:
-        with open(hparams_file, encoding="utf-8") as fin:
-            hparams = load_hyperpyyaml(fin, overrides)
-    except FileNotFoundError:
-        sys.exit(f"{hparams_file}: hparams file not found")
-    except (ValueError, KeyError) as error:
-        message = error.args[0] if error.args else str(error)
-        sys.exit(f"{hparams_file}: {message}")
+    hparams_file, run_opts, overrides, hparams = load_stage_hparams(argv)
     run_options = []
     for key in sorted(run_opts["overridden_args"] - {"param_file"}):
         value = run_opts[key]

@@ -186,7 +186,7 @@ def run(hparams, device="cpu"):
 
 def main(argv):
     """Run the stage from the command line (see the module docstring)."""
-    _, run_opts, hparams = load_stage_hparams(argv)
+    _, run_opts, _, hparams = load_stage_hparams(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         run(hparams, pick_device(run_opts.device))

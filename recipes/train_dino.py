@@ -30,7 +30,6 @@ import sys
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from tqdm import tqdm
 
@@ -40,7 +39,7 @@ from data_prep.augmentation import (  # noqa: E402
     AugmentationDataError,
     prepare_augmentation,
 )
-from data_prep.baseline import read_trials  # noqa: E402
+from data_prep.voxceleb import read_trials  # noqa: E402
 from speechbrain_ext.audio import AudioError, read_audio  # noqa: E402
 from speechbrain_ext.dino import (  # noqa: E402
     cosine_schedule,
@@ -56,6 +55,7 @@ from speechbrain_ext.embeddings_io import (  # noqa: E402
 )
 from speechbrain_ext.io_utils import atomic_open  # noqa: E402
 from speechbrain_ext.metrics import verification_metrics  # noqa: E402
+from speechbrain_ext.stage_utils import load_stage_hparams  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -515,27 +515,6 @@ def build_crop_augmenter(hparams):
     return hparams["crop_augmenter"](csv_files=csv_files)
 
 
-def load_hparams(argv):
-    """Parse the command line and load the hparams, with one-line errors.
-
-    Arguments
-    ---------
-    argv : list of str
-
-    Returns
-    -------
-    hparams_file, run_opts, overrides, hparams
-    """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    try:
-        with open(hparams_file, encoding="utf-8") as fin:
-            hparams = load_hyperpyyaml(fin, overrides)
-    except (ValueError, KeyError) as error:
-        message = error.args[0] if error.args else str(error)
-        sys.exit(f"{hparams_file}: {message}")
-    return hparams_file, run_opts, overrides, hparams
-
-
 def write_external_embeddings(hparams, keys):
     """Check an external embeddings file covers the list; write our copy.
 
@@ -560,7 +539,7 @@ def write_external_embeddings(hparams, keys):
 
 def main(argv):
     """Run stage 1 from the command line (see the module docstring)."""
-    hparams_file, run_opts, overrides, hparams = load_hparams(argv)
+    hparams_file, run_opts, overrides, hparams = load_stage_hparams(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     try:
         keys = read_train_list(hparams["train_list"])

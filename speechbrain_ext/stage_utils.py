@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by the evaluation stage scripts.
+"""Command-line plumbing shared by the stage scripts.
 
 Example
 -------
@@ -43,6 +43,8 @@ def load_stage_hparams(argv):
     -------
     hparams_file : str
     run_opts : speechbrain RunOptions
+    overrides : str
+        The command-line overrides (for ``create_experiment_directory``).
     hparams : dict
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
@@ -54,7 +56,7 @@ def load_stage_hparams(argv):
     except (ValueError, KeyError) as error:
         message = error.args[0] if error.args else str(error)
         sys.exit(f"{hparams_file}: {message}")
-    return hparams_file, run_opts, hparams
+    return hparams_file, run_opts, overrides, hparams
 
 
 def pick_device(device):
@@ -128,7 +130,7 @@ def run_stage(argv, stage, errors):
     ...     run_stage([path, "--size=4"], lambda h, d, progress: h["size"], ())
     4
     """
-    _, run_opts, hparams = load_stage_hparams(argv)
+    _, run_opts, _, hparams = load_stage_hparams(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_input_errors(errors):
         return stage(
