@@ -162,6 +162,21 @@ class DINOBrain(sb.Brain):
             meta={"epoch": epoch}, num_to_keep=self.hparams.ckpt_to_keep
         )
 
+    def on_fit_start(self):
+        """Under DDP, also make the teacher's batch norms synchronised.
+
+        SpeechBrain converts only modules with trainable parameters, so the
+        teacher would normalise with per-process batch statistics, unlike a
+        single-process run (DINO syncs the teacher's batch norms too).
+        """
+        if self.distributed_launch:
+            self.modules.teacher = (
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+                    self.modules.teacher
+                )
+            )
+        super().on_fit_start()
+
     def init_optimizers(self):
         """One optimizer for the student (the teacher has no gradients)."""
         self.optimizer = self.opt_class(self.modules.student.parameters())
