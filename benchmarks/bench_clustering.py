@@ -27,7 +27,6 @@ To run::
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,13 @@ import time
 
 import numpy as np
 import psutil
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from sklearn.cluster import AgglomerativeClustering, KMeans  # noqa: E402
 
+from benchmarks.common import machine  # noqa: E402
 from speechbrain_ext.clustering import (  # noqa: E402
     ahc_ward,
     cluster_metrics,
@@ -276,30 +275,6 @@ def flat3_pipeline(matrix, n_clusters, n_clusters_ahc, seed):
     )
     used, labels = np.unique(labels, return_inverse=True)
     return ahc_ward(centroids[used], n_clusters_ahc, 10, seed)[labels]
-
-
-def machine():
-    """One line: CPU model, cores, torch version, GPU.
-
-    Example
-    -------
-    >>> "cores" in machine()
-    True
-    """
-    cpu = platform.processor() or "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    gpu = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else "not available in this session"
-    )
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, GPU: {gpu}"
-    )
 
 
 def subset_benchmark(fraction, seed):

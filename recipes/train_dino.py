@@ -50,9 +50,9 @@ from speechbrain_ext.dino_loss import teacher_temperature  # noqa: E402
 from speechbrain_ext.embeddings_io import (  # noqa: E402
     EmbeddingsFileError,
     load_embeddings,
-    normalise_key,
     save_embeddings,
 )
+from speechbrain_ext.extraction import read_utterance_list  # noqa: E402
 from speechbrain_ext.io_utils import atomic_open  # noqa: E402
 from speechbrain_ext.metrics import verification_metrics  # noqa: E402
 from speechbrain_ext.stage_utils import load_stage_hparams  # noqa: E402
@@ -310,58 +310,6 @@ def evaluate_trials(brain, hparams):
     return metrics
 
 
-def read_train_list(path):
-    """Utterance paths of a ``SPEAKER RELPATH`` (or ``RELPATH``) list.
-
-    Arguments
-    ---------
-    path : str
-        The list file.
-
-    Returns
-    -------
-    list of str
-        Normalised relative paths, in file order.
-
-    Raises
-    ------
-    ValueError
-        One line naming the file and line for a malformed line, a duplicate
-        or an empty list.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> list_file = os.path.join(tempfile.mkdtemp(), "list.txt")
-    >>> _ = open(list_file, "w").write("id0 id0/v/00001.wav\\nid0/v/2.wav\\n")
-    >>> read_train_list(list_file)
-    ['id0/v/00001.wav', 'id0/v/2.wav']
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: training list not found")
-    paths, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) > 2:
-                raise ValueError(
-                    f"{path}:{number}: expected 'SPEAKER RELPATH' or "
-                    f"'RELPATH', found {len(fields)} fields"
-                )
-            key = normalise_key(fields[-1])
-            if key in seen:
-                raise ValueError(
-                    f"{path}:{number}: {key} already listed on line {seen[key]}"
-                )
-            seen[key] = number
-            paths.append(key)
-    if not paths:
-        raise ValueError(f"{path}: empty training list")
-    return paths
-
-
 def scan_audio(data_folder, keys, manifest, bad_list, on_bad_audio):
     """Check every listed file's header; write the usable ones to a CSV.
 
@@ -557,7 +505,7 @@ def main(argv):
     hparams_file, run_opts, overrides, hparams = load_stage_hparams(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     try:
-        keys = read_train_list(hparams["train_list"])
+        keys = read_utterance_list(hparams["train_list"])
     except ValueError as error:
         sys.exit(str(error))
     sb.create_experiment_directory(

@@ -302,22 +302,6 @@ def test_missing_placeholder_is_one_clear_line(tmp_path):
     assert not out.exists()
 
 
-def test_read_train_list_rejects_bad_lines(tmp_path):
-    module = load_recipe_module()
-    path = tmp_path / "list.txt"
-    path.write_text("a x/y/1.wav\n\nb x/y/2.wav\n")
-    assert module.read_train_list(str(path)) == ["x/y/1.wav", "x/y/2.wav"]
-    path.write_text("a x/y/1.wav extra\n")
-    with pytest.raises(ValueError, match="list.txt:1: expected"):
-        module.read_train_list(str(path))
-    path.write_text("a x/y/1.wav\nb ./x/y/1.wav\n")
-    with pytest.raises(ValueError, match="already listed on line 1"):
-        module.read_train_list(str(path))
-    path.write_text("\n")
-    with pytest.raises(ValueError, match="empty training list"):
-        module.read_train_list(str(path))
-
-
 def test_external_embeddings_are_checked_against_the_list(
     tiny_corpus, tmp_path
 ):

@@ -268,3 +268,18 @@ def test_latest_complete_checkpoint_is_used(tiny_model, tmp_path):
     assert find_checkpoint(complete) == complete
     with pytest.raises(CheckpointNotFoundError, match="no embedding_model"):
         find_checkpoint(str(tmp_path / "nowhere"))
+
+
+def test_utterance_list_rules(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text("a x/y/1.wav\n\nb x/y/2.wav\n")
+    assert read_utterance_list(str(path)) == ["x/y/1.wav", "x/y/2.wav"]
+    path.write_text("a x/y/1.wav extra\n")
+    with pytest.raises(ValueError, match="list.txt:1: expected"):
+        read_utterance_list(str(path))
+    path.write_text("a x/y/1.wav\nb ./x/y/1.wav\n")
+    with pytest.raises(ValueError, match="already listed on line 1"):
+        read_utterance_list(str(path))
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="no utterances"):
+        read_utterance_list(str(path))
