@@ -40,7 +40,11 @@ from data_prep.augmentation import (  # noqa: E402
     prepare_augmentation,
 )
 from data_prep.voxceleb import read_trials  # noqa: E402
-from speechbrain_ext.audio import AudioError, read_audio  # noqa: E402
+from speechbrain_ext.audio import (  # noqa: E402
+    AudioError,
+    audio_frames,
+    read_audio,
+)
 from speechbrain_ext.dino import (  # noqa: E402
     cosine_schedule,
     ema_update,
@@ -333,31 +337,17 @@ def scan_audio(data_folder, keys, manifest, bad_list, on_bad_audio):
     """
     if os.path.isfile(manifest):
         return
-    import soundfile
-
     rows, bad = [], []
     for key in tqdm(keys, desc="checking audio", mininterval=5):
         path = os.path.join(data_folder, key)
         try:
-            if not os.path.isfile(path):
-                raise AudioError(f"{path}: file not found")
-            try:
-                info = soundfile.info(path)
-            except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
-                raise AudioError(f"{path}: unreadable audio ({e})") from None
-            if info.samplerate != 16000 or info.channels != 1:
-                raise AudioError(
-                    f"{path}: {info.samplerate} Hz, {info.channels} "
-                    "channel(s), expected 16000 Hz mono"
-                )
-            if info.frames == 0:
-                raise AudioError(f"{path}: empty audio (0 samples)")
+            frames = audio_frames(path)
         except AudioError as error:
             if on_bad_audio == "error":
                 raise
             bad.append((key, str(error)))
             continue
-        rows.append((key, path, info.frames))
+        rows.append((key, path, frames))
     if not rows:
         raise AudioError(f"{data_folder}: none of the listed files is usable")
     if bad:

@@ -16,6 +16,52 @@ class AudioError(RuntimeError):
     """Raised when an audio file is missing, unreadable or not as expected."""
 
 
+def audio_frames(path, sample_rate=16000):
+    """Number of samples of a mono file, from its header (nothing decoded).
+
+    Arguments
+    ---------
+    path : str
+        The audio file.
+    sample_rate : int or None
+        The expected sample rate; ``None`` accepts any.
+
+    Returns
+    -------
+    int
+        Samples in the file (at least one).
+
+    Raises
+    ------
+    AudioError
+        One line naming the file and the problem: missing, unreadable,
+        empty, wrong sample rate, more than one channel.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> soundfile.write(path, np.zeros(1600, dtype="float32"), 16000)
+    >>> audio_frames(path)
+    1600
+    """
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: file not found")
+    try:
+        info = soundfile.info(path)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+        raise AudioError(f"{path}: unreadable audio ({error})") from None
+    if sample_rate is not None and info.samplerate != sample_rate:
+        raise AudioError(
+            f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate}"
+        )
+    if info.channels != 1:
+        raise AudioError(f"{path}: {info.channels} channels, expected mono")
+    if info.frames == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    return info.frames
+
+
 def read_audio(path, sample_rate=16000, start=0, stop=None):
     """Read a mono 16 kHz (by default) file as a float32 tensor.
 
@@ -49,18 +95,7 @@ def read_audio(path, sample_rate=16000, start=0, stop=None):
     >>> read_audio(path).shape
     torch.Size([1600])
     """
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: file not found")
-    try:
-        info = soundfile.info(path)
-    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-        raise AudioError(f"{path}: unreadable audio ({error})") from None
-    if sample_rate is not None and info.samplerate != sample_rate:
-        raise AudioError(
-            f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate}"
-        )
-    if info.channels != 1:
-        raise AudioError(f"{path}: {info.channels} channels, expected mono")
+    audio_frames(path, sample_rate)
     try:
         audio, _ = soundfile.read(
             path, start=start, stop=stop, dtype="float32", always_2d=False

@@ -18,11 +18,14 @@ import os
 import time
 
 import numpy as np
-import soundfile
 import torch
 from tqdm import tqdm
 
-from speechbrain_ext.audio import AudioError, evenly_spaced_crops, read_audio
+from speechbrain_ext.audio import (
+    audio_frames,
+    evenly_spaced_crops,
+    read_audio,
+)
 from speechbrain_ext.embeddings_io import normalise_key
 from speechbrain_ext.io_utils import (
     CorruptFileError,
@@ -143,18 +146,7 @@ def audio_lengths(paths, max_samples=None):
     """
     lengths = []
     for path in paths:
-        try:
-            info = soundfile.info(path)
-        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-            raise AudioError(f"{path}: unreadable audio ({error})") from None
-        if info.samplerate != 16000 or info.channels != 1:
-            raise AudioError(
-                f"{path}: {info.samplerate} Hz, {info.channels} channel(s); "
-                "expected 16000 Hz mono"
-            )
-        if info.frames == 0:
-            raise AudioError(f"{path}: empty audio (0 samples)")
-        frames = info.frames
+        frames = audio_frames(path)
         lengths.append(
             frames if max_samples is None else min(frames, max_samples)
         )

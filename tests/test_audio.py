@@ -7,6 +7,7 @@ import torch
 
 from speechbrain_ext.audio import (
     AudioError,
+    audio_frames,
     evenly_spaced_crops,
     random_crop,
     read_audio,
@@ -31,10 +32,11 @@ def write(path, samples, sample_rate=16000, channels=1):
 )
 def test_bad_audio_gets_one_line_naming_the_file(tmp_path, make, message):
     path = make(tmp_path)
-    with pytest.raises(AudioError, match=message) as error:
-        read_audio(path)
-    assert str(path) in str(error.value)
-    assert "\n" not in str(error.value)
+    for check in (read_audio, audio_frames):
+        with pytest.raises(AudioError, match=message) as error:
+            check(path)
+        assert str(path) in str(error.value)
+        assert "\n" not in str(error.value)
 
 
 def test_corrupt_and_zero_byte_files(tmp_path):

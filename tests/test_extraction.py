@@ -249,7 +249,9 @@ def test_exported_folder_as_source_gives_the_same_embeddings(
 def test_bad_audio_is_refused_before_extraction(tiny_model, tmp_path):
     stereo = tmp_path / "stereo.wav"
     soundfile.write(stereo, np.zeros((800, 2), np.float32), 16000)
-    with pytest.raises(AudioError, match="stereo.wav: 16000 Hz, 2 channel"):
+    with pytest.raises(
+        AudioError, match="stereo.wav: 2 channels, expected mono"
+    ):
         embed_full_utterances(tiny_model, [str(stereo)], progress=False)
     with pytest.raises(AudioError, match="stereo.wav"):
         embed_crops(tiny_model, [str(stereo)], progress=False)
