@@ -36,6 +36,40 @@ from speechbrain_ext.io_utils import (
 logger = logging.getLogger(__name__)
 
 
+def resolve_batch_size(value, device, gpu_value):
+    """The batch size to use on ``device``.
+
+    Batching pays on a GPU; on a CPU, WavLM Base+ already runs one
+    utterance near the machine's matrix-product rate, and batches are
+    slower (BENCHMARKS.md), so ``"auto"`` means one there.
+
+    Arguments
+    ---------
+    value : int or str
+        A batch size, or ``"auto"``.
+    device : str or torch.device
+        Where the model runs.
+    gpu_value : int
+        What ``"auto"`` means on a GPU.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> resolve_batch_size("auto", "cpu", 16), resolve_batch_size(4, "cpu", 16)
+    (1, 4)
+    >>> resolve_batch_size("auto", "cuda:0", 16)
+    16
+    """
+    if value == "auto":
+        return 1 if torch.device(device).type == "cpu" else gpu_value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"batch size must be 'auto' or >= 1, got {value!r}")
+    return value
+
+
 def length_batches(lengths, max_batch_size=16, max_batch_samples=4_000_000):
     """Group indices sorted by length into padded-size-bounded batches.
 
@@ -191,7 +225,7 @@ def embed_full_utterances(
     model,
     paths,
     max_samples=700_000,
-    max_batch_size=16,
+    max_batch_size="auto",
     max_batch_samples=4_000_000,
     device="cpu",
     num_workers=0,
@@ -209,8 +243,9 @@ def embed_full_utterances(
     max_samples : int or None
         Keep at most this many samples of each file (the reference's
         700,000); ``None`` keeps everything.
-    max_batch_size : int
-        Most utterances per batch.
+    max_batch_size : int or str
+        Most utterances per batch; ``"auto"``: 16 on a GPU, 1 on a CPU
+        (see :func:`resolve_batch_size`).
     max_batch_samples : int
         Most padded samples per batch.
     device : str or torch.device
@@ -245,6 +280,7 @@ def embed_full_utterances(
         return np.zeros((0, 0), dtype=np.float32)
     if lengths is None:
         lengths = audio_lengths(paths, max_samples)
+    max_batch_size = resolve_batch_size(max_batch_size, device, 16)
     batches = length_batches(lengths, max_batch_size, max_batch_samples)
     dataset = _FullUtterances(list(paths), batches, max_samples)
     indices, embeddings = _run(
@@ -260,7 +296,7 @@ def embed_crops(
     paths,
     crop_samples=64_240,
     n_crops=15,
-    files_per_batch=2,
+    files_per_batch="auto",
     device="cpu",
     num_workers=0,
     progress=True,
@@ -279,8 +315,9 @@ def embed_crops(
         Crop length (the reference's 4 s: 400 frames, 64,240 samples).
     n_crops : int
         Crops per file.
-    files_per_batch : int
-        Files per batch (``files_per_batch * n_crops`` crops).
+    files_per_batch : int or str
+        Files per batch (``files_per_batch * n_crops`` crops); ``"auto"``:
+        2 on a GPU, 1 on a CPU (see :func:`resolve_batch_size`).
     device : str or torch.device
         Where the model runs.
     num_workers : int
@@ -296,6 +333,7 @@ def embed_crops(
     if len(paths) == 0:
         return np.zeros((0, n_crops, 0), dtype=np.float32)
     audio_lengths(paths)
+    files_per_batch = resolve_batch_size(files_per_batch, device, 2)
     order = list(range(len(paths)))
     batches = [
         order[i : i + files_per_batch]
@@ -480,7 +518,7 @@ def evaluation_embeddings(
     n_crops=15,
     crop_samples=64_240,
     max_samples=700_000,
-    crop_files_per_batch=2,
+    crop_files_per_batch="auto",
     **kwargs,
 ):
     """Crop and full-utterance embeddings of files, cached on disk.
@@ -506,8 +544,8 @@ def evaluation_embeddings(
         Evenly spaced crops per file and their length.
     max_samples : int or None
         Cap of the full-utterance input.
-    crop_files_per_batch : int
-        Files per crop batch.
+    crop_files_per_batch : int or str
+        Files per crop batch (see :func:`embed_crops`).
     **kwargs
         ``device``, ``num_workers``, ``progress`` and the batching options
         of :func:`embed_full_utterances`.

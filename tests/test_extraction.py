@@ -23,6 +23,7 @@ from speechbrain_ext.extraction import (
     embed_in_shards,
     length_batches,
     read_utterance_list,
+    resolve_batch_size,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +60,15 @@ def test_length_batches_bounds():
             len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 90
         )
     assert batches[0] == [0, 3]
+
+
+def test_auto_batch_size_is_one_on_cpu_and_bad_values_are_refused():
+    assert resolve_batch_size("auto", torch.device("cpu"), 16) == 1
+    assert resolve_batch_size("auto", "cuda", 2) == 2
+    assert resolve_batch_size(3, "cuda", 2) == 3
+    for bad in (0, -1, 2.5, "16", True):
+        with pytest.raises(ValueError, match="batch size"):
+            resolve_batch_size(bad, "cpu", 16)
 
 
 def test_batched_equals_one_at_a_time_and_is_deterministic(tiny_model, paths):
