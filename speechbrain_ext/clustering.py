@@ -10,9 +10,11 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
 
 * ``"exact"``: Lloyd iterations, every point against every centroid
   (chunked float32 matrix products in torch; on a GPU when present).
-* ``"fast"`` (CPU default at scale): random initial centroids; ``n_warmup``
-  exact-assignment Lloyd iterations on a random ``sample_fraction`` of the
-  points; one pass of all points against all centroids that keeps each
+* ``"fast"`` (CPU default at scale): initial centroids drawn from a random
+  ``sample_fraction`` of the points and ``n_warmup`` Lloyd iterations on
+  that sample (drawing them from all points instead leaves centroids
+  that no sample point reaches, which end as many extra singleton
+  clusters); one pass of all points against all centroids that keeps each
   point's ``n_candidates`` nearest centroids (screened with bfloat16 matrix
   products, a few times faster than float32 on CPUs with bf16 units, then
   re-ranked in float32); then Lloyd iterations in which each point only
@@ -20,10 +22,9 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
   of N * K * D). Assignment stays global: no point is confined to a coarse
   cell. Measured on synthetic VoxCeleb2-like embeddings, restricting points
   to their centroid's neighbourhood or to approximate (IVF) search, or PCA,
-  lost 0.01-0.1 NMI; this scheme is within 0.003 of the exact pipeline
-  and 0.005 of flat 3-iteration Lloyd on a 1/16 subset
-  (``sample_fraction=1`` closes most of the gap at about twice the cost).
-  See BENCHMARKS.md.
+  lost 0.01-0.1 NMI; this scheme's NMI is within 0.005 of flat 3-iteration
+  Lloyd (exact, float32) on 1/16 subsets and at full scale. See
+  BENCHMARKS.md.
 
 :func:`ahc_ward` runs scikit-learn's Ward on the centroids, constrained to
 their k-nearest-neighbour graph at scale (``n_neighbors``), which is an order
@@ -152,13 +153,13 @@ def _assign_candidates(x, centroids, candidates, chunk_size=4096):
 def kmeans(
     x,
     n_clusters,
-    n_iter=10,
+    n_iter=3,
     seed=0,
     method="auto",
     device="auto",
     n_candidates=8,
-    sample_fraction=0.25,
-    n_warmup=2,
+    sample_fraction=0.5,
+    n_warmup=1,
     tol=1e-4,
 ):
     """K-Means of the rows of ``x`` (see the module docstring for methods).
@@ -183,7 +184,8 @@ def kmeans(
     n_candidates : int
         Fast method: candidate centroids kept per point.
     sample_fraction : float
-        Fast method: fraction of the points used by the warm-up iterations.
+        Fast method: fraction of the points that the initial centroids and
+        the warm-up iterations come from.
     n_warmup : int
         Fast method: Lloyd iterations on the subsample.
     tol : float
@@ -217,7 +219,17 @@ def kmeans(
     if method not in ("exact", "fast"):
         raise ValueError(f"unknown K-Means method {method!r}")
     rng = np.random.default_rng(seed)
-    centroids = _init_centroids(x, n_clusters, rng)
+    n_sample = n_points
+    if method == "fast":
+        n_sample = min(
+            n_points, max(n_clusters, round(sample_fraction * n_points))
+        )
+    sample = x
+    if n_sample < n_points:
+        sample = x[np.sort(rng.choice(n_points, n_sample, replace=False))]
+    # Initial centroids come from the warm-up sample, so that each one
+    # keeps at least its own point there.
+    centroids = _init_centroids(sample, n_clusters, rng)
     logger.info(
         "K-Means (%s, %s): %d points x %d dims -> %d clusters",
         method,
@@ -239,8 +251,6 @@ def kmeans(
         )
 
     if method == "fast":
-        n_sample = max(n_clusters, round(sample_fraction * n_points))
-        sample = x[np.sort(rng.choice(n_points, n_sample, replace=False))]
         for warmup in range(1, n_warmup + 1):
             shortlist, dists = _global_candidates(
                 sample, centroids, n_candidates, device
@@ -438,12 +448,12 @@ def pseudo_label(
     n_clusters,
     n_clusters_ahc,
     seed=0,
-    n_iter=10,
+    n_iter=3,
     method="auto",
     device="auto",
     n_candidates=8,
-    sample_fraction=0.25,
-    n_warmup=2,
+    sample_fraction=0.5,
+    n_warmup=1,
     n_neighbors=10,
     stats=None,
 ):

@@ -58,9 +58,9 @@ def test_exact_kmeans_equals_sklearn_lloyd_from_the_same_start():
 
 def test_fast_kmeans_matches_exact_kmeans():
     x, _ = speakers(n_speakers=20, per_speaker=60, spread=1.0)
-    _, exact, exact_inertia = kmeans(x, 80, seed=0, method="exact")
+    _, exact, exact_inertia = kmeans(x, 80, 10, seed=0, method="exact")
     _, fast, fast_inertia = kmeans(
-        x, 80, seed=0, method="fast", sample_fraction=1.0, n_candidates=8
+        x, 80, 10, seed=0, method="fast", sample_fraction=1.0, n_candidates=8
     )
     assert fast_inertia <= exact_inertia * 1.01
     assert normalized_mutual_info_score(exact, fast) > 0.9
