@@ -333,7 +333,7 @@ def subset_benchmark(fraction, seed):
     return rows
 
 
-def full_benchmark(folder, seed):
+def full_benchmark(folder, seed, dim=512):
     """Ours at full scale through the command line.
 
     Arguments
@@ -341,6 +341,8 @@ def full_benchmark(folder, seed):
     folder : str
         Where the embeddings file and outputs go.
     seed : int
+    dim : int
+        Embedding dimension.
 
     Returns
     -------
@@ -348,7 +350,7 @@ def full_benchmark(folder, seed):
         The recipe's JSON report plus generation and save times.
     """
     start = time.perf_counter()
-    keys, matrix, speakers = generate_embeddings(seed=seed)
+    keys, matrix, speakers = generate_embeddings(seed=seed, dim=dim)
     generate_s = time.perf_counter() - start
     print(
         f"full: {matrix.shape[0]} x {matrix.shape[1]} generated in "
@@ -384,7 +386,7 @@ def full_benchmark(folder, seed):
     return report
 
 
-def full_baseline(seed):
+def full_baseline(seed, dim=512):
     """Flat exact K-Means (3 iterations) + graph Ward at full scale.
 
     Arguments
@@ -392,13 +394,15 @@ def full_baseline(seed):
     seed : int
         Seed of the embeddings (same as :func:`full_benchmark`'s) and of
         the clustering.
+    dim : int
+        Embedding dimension.
 
     Returns
     -------
     dict
         ``wall_s``, ``peak_extra_rss_gb`` and :func:`cluster_metrics`.
     """
-    _, matrix, speakers = generate_embeddings(seed=seed)
+    _, matrix, speakers = generate_embeddings(seed=seed, dim=dim)
     start = time.perf_counter()
     with PeakRSS() as rss:
         labels = flat3_pipeline(matrix, 50000, 7500, seed)
@@ -443,6 +447,9 @@ def main():
     )
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--full_baseline", action="store_true")
+    parser.add_argument(
+        "--dim", type=int, default=512, help="dimension at full scale"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folder", default=None)
     args = parser.parse_args()
@@ -454,7 +461,7 @@ def main():
         )
     if args.full:
         folder = args.folder or tempfile.mkdtemp(prefix="bench_clustering_")
-        report = full_benchmark(folder, args.seed)
+        report = full_benchmark(folder, args.seed, args.dim)
         wall = report["wall_s"]
         print(
             "\n| full scale (ours) | generate | save | load | K-Means | AHC "
@@ -471,7 +478,7 @@ def main():
             f"| {report['NMI']:.4f} | {report['clusters']} |"
         )
     if args.full_baseline:
-        row = full_baseline(args.seed)
+        row = full_baseline(args.seed, args.dim)
         print(
             "\n| full scale, flat K-Means 3 it + graph Ward | wall s "
             "| peak extra RSS GB | NMI | purity | inv. purity |"
@@ -479,7 +486,7 @@ def main():
         )
         print("|---|---|---|---|---|---|" + ("---|" if args.full else ""))
         print(
-            f"| 1092009 x 512 | {row['wall_s']:.0f} "
+            f"| 1092009 x {args.dim} | {row['wall_s']:.0f} "
             f"| {row['peak_extra_rss_gb']:.2f} | {row['nmi']:.4f} "
             f"| {row['purity']:.4f} | {row['inverse_purity']:.4f} |"
             + (f" {report['NMI'] - row['nmi']:+.4f} |" if args.full else "")
