@@ -37,7 +37,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from data_prep.augmentation import prepare_augmentation
+from data_prep.augmentation import augmentation_csvs, prepare_augmentation
 from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.augment import build_augmenter
 from speechbrain_ext.io_utils import safe_torch_load
@@ -608,16 +608,9 @@ def dataio_prep(hparams, labels, paths):
         hparams["max_per_speaker"],
         seed=hparams["seed"],
     )
-    folder = augmentation_folder(hparams)
-    names = {"music": "music", "speech": "speech", "noise": "noise"}
-    names["rir"] = "rirs"
-    csv_files = {
-        kind: os.path.join(folder, f"{name}.csv")
-        for kind, name in names.items()
-        if os.path.isfile(os.path.join(folder, f"{name}.csv"))
-    }
     augmenter = build_augmenter(
-        csv_files, hparams["music_only_for_babble_music"]
+        augmentation_csvs(augmentation_folder(hparams)),
+        hparams["music_only_for_babble_music"],
     )
     crop = hparams["crop_samples"]
     rate = hparams["sample_rate"]

@@ -38,6 +38,14 @@ from data_prep.voxceleb import check_audio
 
 logger = logging.getLogger(__name__)
 
+# File name of each kind of augmentation CSV in an output folder.
+CSV_NAMES = {
+    "music": "music.csv",
+    "speech": "speech.csv",
+    "noise": "noise.csv",
+    "rir": "rirs.csv",
+}
+
 MUSAN_CATEGORIES = ("music", "speech", "noise")
 AUDIO_FORMATS = ("wav", "flac", "ogg")
 HEADER = ["ID", "duration", "wav", "wav_format", "wav_opts"]
@@ -165,7 +173,7 @@ def prepare_musan(musan_folder, output_folder, sample_rate=16000):
     outputs = {}
     for category, relpaths in found.items():
         folder = os.path.join(musan_folder, category)
-        outputs[category] = os.path.join(output_folder, f"{category}.csv")
+        outputs[category] = os.path.join(output_folder, CSV_NAMES[category])
         write_audio_csv(
             [os.path.join(folder, r) for r in relpaths],
             outputs[category],
@@ -292,6 +300,33 @@ def check_speechbrain_csv(
     return output_path
 
 
+def augmentation_csvs(folder):
+    """The augmentation CSVs that :func:`prepare_augmentation` left in
+    ``folder`` (every process can read them after a ``run_on_main``).
+
+    Arguments
+    ---------
+    folder : str
+        The ``output_folder`` of :func:`prepare_augmentation`.
+
+    Returns
+    -------
+    dict
+        CSV paths under the keys ``music``, ``speech``, ``noise``, ``rir``
+        (those present).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> augmentation_csvs(tempfile.mkdtemp())
+    {}
+    """
+    paths = {
+        kind: os.path.join(folder, name) for kind, name in CSV_NAMES.items()
+    }
+    return {kind: path for kind, path in paths.items() if os.path.isfile(path)}
+
+
 def prepare_augmentation(
     output_folder, noise_folder=None, rir_folder=None, sample_rate=16000
 ):
@@ -313,14 +348,15 @@ def prepare_augmentation(
     -------
     dict
         CSV paths under the keys ``music``, ``speech``, ``noise``, ``rir``
-        (those available).
+        (those available). CSVs of a kind these inputs do not give, left
+        by an earlier call, are removed.
     """
     outputs = {}
     if noise_folder is not None:
         if os.path.isfile(noise_folder):
             outputs["noise"] = check_speechbrain_csv(
                 noise_folder,
-                os.path.join(output_folder, "noise.csv"),
+                os.path.join(output_folder, CSV_NAMES["noise"]),
                 sample_rate,
             )
         elif os.path.isdir(noise_folder):
@@ -330,7 +366,7 @@ def prepare_augmentation(
         else:
             raise AugmentationDataError(f"{noise_folder}: not found")
     if rir_folder is not None:
-        csv_path = os.path.join(output_folder, "rirs.csv")
+        csv_path = os.path.join(output_folder, CSV_NAMES["rir"])
         if os.path.isfile(rir_folder):
             outputs["rir"] = check_speechbrain_csv(
                 rir_folder, csv_path, sample_rate
@@ -339,6 +375,9 @@ def prepare_augmentation(
             outputs["rir"] = prepare_rirs(rir_folder, csv_path, sample_rate)
         else:
             raise AugmentationDataError(f"{rir_folder}: not found")
+    for kind, path in augmentation_csvs(output_folder).items():
+        if kind not in outputs:
+            os.remove(path)
     return outputs
 
 

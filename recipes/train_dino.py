@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.augmentation import (  # noqa: E402
     AugmentationDataError,
+    augmentation_csvs,
     prepare_augmentation,
 )
 from data_prep.voxceleb import read_trials  # noqa: E402
@@ -458,14 +459,7 @@ def build_crop_augmenter(hparams):
             "rir_folder": hparams["rir_folder"],
         },
     )
-    names = {"music": "music", "speech": "speech", "noise": "noise"}
-    names["rir"] = "rirs"
-    csv_files = {
-        kind: os.path.join(folder, f"{name}.csv")
-        for kind, name in names.items()
-        if os.path.isfile(os.path.join(folder, f"{name}.csv"))
-    }
-    return hparams["crop_augmenter"](csv_files=csv_files)
+    return hparams["crop_augmenter"](csv_files=augmentation_csvs(folder))
 
 
 def write_external_embeddings(hparams, keys):

@@ -18,6 +18,7 @@ from speechbrain.augment.time_domain import AddNoise, AddReverb
 from data_prep import convert_m4a
 from data_prep.augmentation import (
     AugmentationDataError,
+    augmentation_csvs,
     check_speechbrain_csv,
     prepare_augmentation,
 )
@@ -424,6 +425,20 @@ def test_musan_and_rir_csvs_drive_addnoise_and_addreverb(tiny_corpus, tmp_path):
     assert reverberant.shape == clean.shape
     # Reverberation spreads each impulse over the following samples.
     assert (reverberant[:, 1:400].abs().sum(dim=1) > 0.1).all()
+
+
+def test_csvs_of_an_earlier_preparation_do_not_linger(tiny_corpus, tmp_path):
+    folder = str(tmp_path / "aug")
+    first = prepare_augmentation(
+        folder,
+        noise_folder=tiny_corpus["noise_folder"],
+        rir_folder=tiny_corpus["rir_folder"],
+    )
+    assert augmentation_csvs(folder) == first
+    second = prepare_augmentation(folder, rir_folder=tiny_corpus["rir_folder"])
+    assert sorted(second) == ["rir"]
+    assert augmentation_csvs(folder) == second
+    assert sorted(os.listdir(folder)) == ["rirs.csv"]
 
 
 def test_speechbrain_csv_is_checked_and_passed_through(tiny_corpus, tmp_path):
