@@ -20,6 +20,8 @@ Usage::
     torchrun --nproc_per_node=2 train.py hparams/round1.yaml ...
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import logging
 import os
 import sys

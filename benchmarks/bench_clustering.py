@@ -23,7 +23,7 @@ prints, in one run:
 
 To run::
 
-    python benchmarks/bench_clustering.py [--subset 0.0625] [--full]
+    python -m benchmarks.bench_clustering [--subset 0.0625] [--full]
         [--full_baseline]
 
 (``--subset 0 --full``: full scale only.)
@@ -41,21 +41,18 @@ import time
 
 import numpy as np
 import psutil
+from sklearn.cluster import AgglomerativeClustering, KMeans
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from sklearn.cluster import AgglomerativeClustering, KMeans  # noqa: E402
-
-from benchmarks.common import machine  # noqa: E402
-from speechbrain_ext.clustering import (  # noqa: E402
+from benchmarks.common import machine
+from speechbrain_ext.clustering import (
     ahc_ward,
     cluster_metrics,
     kmeans,
     pseudo_label,
 )
-from speechbrain_ext.embeddings_io import save_embeddings  # noqa: E402
+from speechbrain_ext.embeddings_io import save_embeddings
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOXCELEB2 = {"speakers": 5994, "utterances": 1092009}
 
 

@@ -12,13 +12,12 @@ sets of embeddings) and the machine.
 
 Run::
 
-    python benchmarks/bench_extract.py --model tiny --n_files 200
-    python benchmarks/bench_extract.py --model base_plus --n_files 32
+    python -m benchmarks.bench_extract --model tiny --n_files 200
+    python -m benchmarks.bench_extract --model base_plus --n_files 32
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -27,11 +26,9 @@ import soundfile
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import machine  # noqa: E402
-from speechbrain_ext.checkpoints import build_architecture  # noqa: E402
-from speechbrain_ext.extraction import embed_full_utterances  # noqa: E402
+from benchmarks.common import machine
+from speechbrain_ext.checkpoints import build_architecture
+from speechbrain_ext.extraction import embed_full_utterances
 
 
 def make_files(folder, n_files, min_seconds, max_seconds, seed=0):

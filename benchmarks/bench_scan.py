@@ -10,22 +10,19 @@ the scan, not the disk.
 
 Usage::
 
-    python benchmarks/bench_scan.py [--n_files 100000] [--folder DIR]
+    python -m benchmarks.bench_scan [--n_files 100000] [--folder DIR]
 """
 
 import argparse
 import os
 import shutil
 import struct
-import sys
 import tempfile
 
 import soundfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import machine, timed  # noqa: E402
-from data_prep.voxceleb import scan_folder  # noqa: E402
+from benchmarks.common import machine, timed
+from data_prep.voxceleb import scan_folder
 
 
 def wav_bytes(n_samples, sample_rate=16000):

@@ -12,23 +12,19 @@ and the machine.
 
 Run::
 
-    python benchmarks/bench_scoring.py [--n_files 153516 --n_trials 552536]
+    python -m benchmarks.bench_scoring [--n_files 153516 --n_trials 552536]
 """
 
 import argparse
-import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from speechbrain.utils.metric_stats import EER, minDCF
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import machine, timed  # noqa: E402
-from speechbrain_ext.metrics import verification_metrics  # noqa: E402
-from speechbrain_ext.scoring import (  # noqa: E402
+from benchmarks.common import machine, timed
+from speechbrain_ext.metrics import verification_metrics
+from speechbrain_ext.scoring import (
     as_norm,
     cohort_probes,
     cohort_statistics,

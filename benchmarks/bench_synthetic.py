@@ -8,7 +8,7 @@ seeds (it must lie between 5% and 40%: a real task).
 
 Usage::
 
-    python benchmarks/bench_synthetic.py [--seeds 0 1 2] [--tiny]
+    python -m benchmarks.bench_synthetic [--seeds 0 1 2] [--tiny]
 """
 
 import argparse
@@ -16,15 +16,12 @@ import filecmp
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import machine  # noqa: E402
-from data_prep.baseline import baseline_eer  # noqa: E402
-from data_prep.synthetic import (  # noqa: E402
+from benchmarks.common import machine
+from data_prep.baseline import baseline_eer
+from data_prep.synthetic import (
     DEFAULT_SIZES,
     MARKER,
     TINY_SIZES,

@@ -12,27 +12,24 @@ layers of width 384, 6 heads, FFN 1536) and MHFA 16 heads x 64, batch 8 of
 shared 2-core machine (``--size base_plus`` runs it). On CUDA it also times
 our step in bf16.
 
-    python benchmarks/bench_train_step.py [--size mid] [--repeats 3]
+    python -m benchmarks.bench_train_step [--size mid] [--repeats 3]
 """
 
 import argparse
 import copy
 import functools
 import statistics
-import sys
 import time
 
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
-
-from benchmarks.common import machine  # noqa: E402
-from speechbrain_ext.aam import AAMCrossEntropy  # noqa: E402
-from speechbrain_ext.classifier import CosineClassifier  # noqa: E402
-from speechbrain_ext.loss_gate import DynamicLossGate  # noqa: E402
-from speechbrain_ext.model_factory import build_embedding_model  # noqa: E402
-from train import PseudoLabelBrain  # noqa: E402
+from benchmarks.common import machine
+from speechbrain_ext.aam import AAMCrossEntropy
+from speechbrain_ext.classifier import CosineClassifier
+from speechbrain_ext.loss_gate import DynamicLossGate
+from speechbrain_ext.model_factory import build_embedding_model
+from train import PseudoLabelBrain
 
 NO_DROPOUT = dict(
     dropout=0.0,

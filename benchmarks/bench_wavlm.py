@@ -11,7 +11,7 @@ level before the step, measured in a fresh child process per model; GPU:
 
 Usage::
 
-    python benchmarks/bench_wavlm.py [--batch 4 --seconds 3 --steps 3]
+    python -m benchmarks.bench_wavlm [--batch 4 --seconds 3 --steps 3]
 """
 
 import argparse
@@ -27,11 +27,9 @@ import time
 import psutil
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import machine  # noqa: E402
-from speechbrain_ext.mhfa import MHFA  # noqa: E402
-from speechbrain_ext.wavlm import (  # noqa: E402
+from benchmarks.common import machine
+from speechbrain_ext.mhfa import MHFA
+from speechbrain_ext.wavlm import (
     WavLM,
     WavLMConfig,
     state_dict_from_hf,
@@ -206,8 +204,8 @@ def main(argv=None):
         # OS at once, so the resident set follows live tensors (by default
         # the threshold adapts and freed memory stays resident).
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
-        script = os.path.abspath(__file__)
-        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], env)
+        module = ["-m", __spec__.name]
+        os.execve(sys.executable, [sys.executable, *module, *sys.argv[1:]], env)
     if args.threads:
         torch.set_num_threads(args.threads)
 

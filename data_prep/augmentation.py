@@ -29,6 +29,8 @@ Example
 ID,duration,wav,wav_format,wav_opts
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import argparse
 import csv
 import logging

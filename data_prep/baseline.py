@@ -17,6 +17,8 @@ Example
 (['EER', 'n_files', 'n_trials'], 6)
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import argparse
 import functools
 import os

@@ -21,6 +21,8 @@ Traceback (most recent call last):
 data_prep.convert_m4a.FfmpegNotFoundError: ffmpeg not found on PATH; ...
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import argparse
 import concurrent.futures
 import contextlib

@@ -33,6 +33,8 @@ Example
 True
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import argparse
 import json
 import logging

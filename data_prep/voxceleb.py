@@ -36,6 +36,8 @@ ID,duration,wav,spk_id,video
 id1/vid/00001.wav,1.0,$data_root/id1/vid/00001.wav,id1,vid
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import argparse
 import csv
 import json

@@ -20,34 +20,34 @@ To run::
         [--dev_trials TRIALS --data_folder WAVROOT]
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import argparse
 import logging
 import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
-
-from data_prep.voxceleb import TrialListError  # noqa: E402
-from speechbrain_ext.classifier import CosineClassifier  # noqa: E402
-from speechbrain_ext.convert import (  # noqa: E402
+from data_prep.voxceleb import TrialListError
+from speechbrain_ext.classifier import CosineClassifier
+from speechbrain_ext.convert import (
     ReferenceCheckpointError,
     convert_reference,
 )
-from speechbrain_ext.export import (  # noqa: E402
+from speechbrain_ext.export import (
     calibrate_on_dev_trials,
     export_model,
 )
-from speechbrain_ext.io_utils import safe_torch_load  # noqa: E402
-from speechbrain_ext.metrics import TrialLabelError  # noqa: E402
-from speechbrain_ext.stage_utils import (  # noqa: E402
+from speechbrain_ext.io_utils import safe_torch_load
+from speechbrain_ext.metrics import TrialLabelError
+from speechbrain_ext.stage_utils import (
     MODEL_INPUT_ERRORS,
     exit_on_input_errors,
     pick_device,
 )
-from speechbrain_ext.wavlm import WavLMCheckpointError, load_wavlm  # noqa: E402
+from speechbrain_ext.wavlm import WavLMCheckpointError, load_wavlm
 
 logger = logging.getLogger(__name__)
 

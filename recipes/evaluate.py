@@ -16,6 +16,8 @@ To run::
         --trials=veri_test2.txt --model_source=OUT/save --output_folder=EVAL
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import json
 import logging
 import os
@@ -24,34 +26,32 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_prep.voxceleb import TrialListError  # noqa: E402
-from speechbrain_ext.checkpoints import (  # noqa: E402
+from data_prep.voxceleb import TrialListError
+from speechbrain_ext.checkpoints import (
     load_embedding_model,
     weights_fingerprint,
 )
-from speechbrain_ext.embeddings_io import (  # noqa: E402
+from speechbrain_ext.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
 )
-from speechbrain_ext.export import embedding_size  # noqa: E402
-from speechbrain_ext.extraction import evaluation_embeddings  # noqa: E402
-from speechbrain_ext.io_utils import atomic_open  # noqa: E402
-from speechbrain_ext.metrics import (  # noqa: E402
+from speechbrain_ext.export import embedding_size
+from speechbrain_ext.extraction import evaluation_embeddings
+from speechbrain_ext.io_utils import atomic_open
+from speechbrain_ext.metrics import (
     TrialLabelError,
     plot_det,
     split_scores,
     verification_metrics,
 )
-from speechbrain_ext.scoring import (  # noqa: E402
+from speechbrain_ext.scoring import (
     METHODS,
     check_files_exist,
     read_trials,
     score_methods,
     write_scores,
 )
-from speechbrain_ext.stage_utils import (  # noqa: E402
+from speechbrain_ext.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
 )

@@ -14,20 +14,20 @@ To run::
         [--dev_trials=TRIALS --data_folder=WAVROOT]
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_prep.voxceleb import TrialListError  # noqa: E402
-from speechbrain_ext.checkpoints import load_embedding_model  # noqa: E402
-from speechbrain_ext.export import (  # noqa: E402
+from data_prep.voxceleb import TrialListError
+from speechbrain_ext.checkpoints import load_embedding_model
+from speechbrain_ext.export import (
     calibrate_on_dev_trials,
     export_model,
 )
-from speechbrain_ext.metrics import TrialLabelError  # noqa: E402
-from speechbrain_ext.stage_utils import (  # noqa: E402
+from speechbrain_ext.metrics import TrialLabelError
+from speechbrain_ext.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
 )

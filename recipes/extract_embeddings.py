@@ -16,26 +16,26 @@ To run::
         [--utterance_list=LIST] [--device=cuda:0]
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import logging
 import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from speechbrain_ext.checkpoints import (  # noqa: E402
+from speechbrain_ext.checkpoints import (
     load_embedding_model,
     weights_fingerprint,
 )
-from speechbrain_ext.embeddings_io import save_embeddings  # noqa: E402
-from speechbrain_ext.extraction import (  # noqa: E402
+from speechbrain_ext.embeddings_io import save_embeddings
+from speechbrain_ext.extraction import (
     UtteranceListError,
     embed_in_shards,
     find_wavs,
     read_utterance_list,
 )
-from speechbrain_ext.scoring import check_files_exist  # noqa: E402
-from speechbrain_ext.stage_utils import (  # noqa: E402
+from speechbrain_ext.scoring import check_files_exist
+from speechbrain_ext.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
 )

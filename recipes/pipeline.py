@@ -31,6 +31,8 @@ To run::
     python recipes/pipeline.py hparams/demo.yaml   # built-in toy corpus
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import json
 import logging
 import os
@@ -42,12 +44,10 @@ from dataclasses import dataclass
 
 import speechbrain as sb
 
+from speechbrain_ext.io_utils import atomic_open
+from speechbrain_ext.stage_utils import load_stage_hparams
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from speechbrain_ext.io_utils import atomic_open  # noqa: E402
-from speechbrain_ext.stage_utils import load_stage_hparams  # noqa: E402
-
 logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("stage", "NMI", "EER", "minDCF_0.01", "wall_s")

@@ -21,6 +21,8 @@ To run::
         [--n_clusters=50000 --n_clusters_ahc=7500]
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import json
 import logging
 import os
@@ -30,18 +32,16 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from speechbrain_ext.clustering import pseudo_label  # noqa: E402
-from speechbrain_ext.embeddings_io import (  # noqa: E402
+from speechbrain_ext.clustering import pseudo_label
+from speechbrain_ext.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
 )
-from speechbrain_ext.io_utils import (  # noqa: E402
+from speechbrain_ext.io_utils import (
     UnsafeCheckpointError,
     atomic_open,
 )
-from speechbrain_ext.stage_utils import (  # noqa: E402
+from speechbrain_ext.stage_utils import (
     load_stage_hparams,
     pick_device,
 )

@@ -22,6 +22,8 @@ LIST has ``SPEAKER RELPATH`` lines (or ``RELPATH`` alone); only the path is
 read. Multi-GPU: ``torchrun --nproc_per_node=N recipes/train_dino.py ...``.
 """
 
+import speechbrain_ext.preflight  # noqa: F401
+
 import csv
 import json
 import logging
@@ -33,34 +35,32 @@ import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_prep.augmentation import (  # noqa: E402
+from data_prep.augmentation import (
     AugmentationDataError,
     augmentation_csvs,
     prepare_augmentation,
 )
-from data_prep.voxceleb import read_trials  # noqa: E402
-from speechbrain_ext.audio import (  # noqa: E402
+from data_prep.voxceleb import read_trials
+from speechbrain_ext.audio import (
     AudioError,
     audio_frames,
     read_audio,
 )
-from speechbrain_ext.dino import (  # noqa: E402
+from speechbrain_ext.dino import (
     cosine_schedule,
     ema_update,
     select_embeddings,
 )
-from speechbrain_ext.dino_loss import teacher_temperature  # noqa: E402
-from speechbrain_ext.embeddings_io import (  # noqa: E402
+from speechbrain_ext.dino_loss import teacher_temperature
+from speechbrain_ext.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
     save_embeddings,
 )
-from speechbrain_ext.extraction import read_utterance_list  # noqa: E402
-from speechbrain_ext.io_utils import atomic_open  # noqa: E402
-from speechbrain_ext.metrics import verification_metrics  # noqa: E402
-from speechbrain_ext.stage_utils import load_stage_hparams  # noqa: E402
+from speechbrain_ext.extraction import read_utterance_list
+from speechbrain_ext.io_utils import atomic_open
+from speechbrain_ext.metrics import verification_metrics
+from speechbrain_ext.stage_utils import load_stage_hparams
 
 logger = logging.getLogger(__name__)
 

@@ -134,7 +134,6 @@ def test_speechbrain_loads_it_in_a_fresh_process(
     np.save(tmp_path / "wavs.npy", wavs.numpy())
     environment = dict(
         os.environ,
-        PYTHONPATH=ROOT,
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         OMP_NUM_THREADS="1",

@@ -278,7 +278,7 @@ def torchrun_train():
 
 @pytest.mark.slow
 def test_ddp_two_processes_take_the_same_first_step_as_one(inputs, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     common = [
         "--debug",
         "--debug_batches=1",
@@ -331,7 +331,7 @@ def test_ddp_two_processes_take_the_same_first_step_as_one(inputs, tmp_path):
 @pytest.mark.slow
 def test_ddp_with_layer_drop_runs(inputs, tmp_path):
     """Layer drop leaves parameters unused on some ranks (DDP corner case)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     options = argv(
         inputs,
         tmp_path / "out",
