@@ -35,7 +35,7 @@ def test_round_trip_dict_and_pair(tmp_path):
             keys, loaded = load_embeddings(tmp_path / name, use_cache)
             assert keys == KEYS
             assert loaded.dtype == np.float32
-            np.testing.assert_allclose(loaded, x, rtol=1e-6)
+            np.testing.assert_array_equal(loaded, x)
     # The file itself is the Dict[str, Tensor] format, loadable safely.
     plain = torch.load(tmp_path / "b.pt", weights_only=True)
     assert list(plain) == KEYS and plain[KEYS[2]].shape == (4,)
@@ -54,7 +54,7 @@ def test_external_file_writes_cache_then_uses_it(tmp_path, monkeypatch):
     monkeypatch.setattr(embeddings_io, "safe_torch_load", refuse)
     keys, x = load_embeddings(path)
     assert keys == KEYS
-    np.testing.assert_allclose(x, matrix())
+    np.testing.assert_array_equal(x, matrix())
 
 
 def test_changed_file_invalidates_cache(tmp_path):
@@ -73,7 +73,7 @@ def test_broken_cache_falls_back_to_the_file(tmp_path):
         f.truncate(10)
     keys, x = load_embeddings(path)
     assert keys == KEYS
-    np.testing.assert_allclose(x, matrix())
+    np.testing.assert_array_equal(x, matrix())
 
 
 def test_keys_are_normalised(tmp_path):

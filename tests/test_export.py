@@ -74,7 +74,9 @@ def test_folder_content_and_calibrated_threshold(
         tiny_corpus["data_folder"],
         progress=False,
     )
-    assert stored["threshold"] == pytest.approx(expected, abs=1e-6)
+    # Same model, data, thread count and code in one process, and the file
+    # holds repr(threshold): equal exactly.
+    assert stored["threshold"] == expected
     info = json.loads(open(os.path.join(exported, "export_info.json")).read())
     assert "EER point" in info["threshold_origin"]
     assert (
@@ -163,7 +165,8 @@ def test_speechbrain_loads_it_in_a_fresh_process(
     )
     assert out["score"] == pytest.approx(cosine.tolist(), abs=1e-5)
     assert out["decision"] == [out["score"][0] > 0.25]
-    assert out["custom_score"] == pytest.approx(out["score"], abs=1e-6)
+    # The same embeddings through the same cosine: equal exactly.
+    assert out["custom_score"] == out["score"]
     assert out["custom_decision"] == [out["score"][0] > out["threshold"]]
     assert not any(m.startswith("recipes") for m in out["modules"])
 

@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+from float32_bounds import gamma
 
 from data_prep.voxceleb import TrialListError
 from speechbrain_ext.scoring import (
@@ -23,6 +24,8 @@ from speechbrain_ext.scoring import (
 
 
 def cos(a, b):
+    """Cosine in float64, so the reference adds no rounding of its own."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
@@ -44,7 +47,13 @@ def test_reference_score_is_mean_of_crop_pairs_and_full(embeddings):
             [cos(a, b) for a in crops[e] for b in crops[t]], dtype=np.float64
         )
         expected = (crop_mean + cos(full[e], full[t])) / 2
-        assert score == pytest.approx(expected, abs=1e-6)
+        # float32 path: L2 normalisation of D = 8 values (gamma(D + 2) per
+        # component, on each side), the mean of 5 crops (gamma(5), each
+        # side), the 1/sqrt(2) scaling (one rounding, each side) and a dot
+        # product of 2D = 16 terms (gamma(16)); both sides have norm <= 1,
+        # so the sum of |products| is <= 1 and the bounds add up.
+        bound = gamma(16) + 2 * (gamma(8 + 2) + gamma(5) + gamma(1))
+        assert score == pytest.approx(expected, abs=bound)
 
 
 def test_cosine_and_chunking(embeddings):
@@ -53,8 +62,10 @@ def test_cosine_and_chunking(embeddings):
     enrol = np.arange(6).repeat(6)
     test = np.tile(np.arange(6), 6)
     chunked = score_trials(vectors, enrol, test, chunk_size=7)
+    # Normalisation of D = 8 values on each side, then a dot product of D.
+    bound = gamma(8) + 2 * gamma(8 + 2)
     for score, e, t in zip(chunked, enrol, test):
-        assert score == pytest.approx(cos(full[e], full[t]), abs=1e-6)
+        assert score == pytest.approx(cos(full[e], full[t]), abs=bound)
 
 
 def test_as_norm_matches_brute_force(embeddings):
@@ -96,7 +107,17 @@ def test_cohort_statistics_blocks_agree():
     cohort = normalise_rows(rng.normal(size=(50, 4)))
     whole = cohort_statistics(vectors, cohort, top_k=5)
     blocked = cohort_statistics(vectors, cohort, top_k=5, max_block=60)
-    np.testing.assert_allclose(whole, blocked, rtol=1e-6)
+    # The blocks change only how the float32 products are grouped (one
+    # matrix product vs one row at a time), so each cohort score v . c
+    # (D = 4 products, |c| = 1) may differ by 2 gamma(D) |v| between the
+    # two; the mean of the top k = 5 adds gamma(k) |v| of rounding on each
+    # side, and the standard deviation is 1-Lipschitz in the scores plus
+    # gamma(k + 4) |v| of its own rounding (centre, square, mean, sqrt).
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    bound = 2 * (gamma(4) + gamma(5 + 4)) * norms
+    for statistic_whole, statistic_blocked in zip(whole, blocked):
+        difference = np.abs(statistic_whole - statistic_blocked)
+        assert np.all(difference <= bound), (difference / norms).max()
 
 
 def test_reference_cohort_probe():
@@ -109,10 +130,17 @@ def test_reference_cohort_probe():
     as_files = file_vectors(
         "reference", cohort, np.repeat(cohort[:, None], 3, 1)
     )
+    # Left: one addition and one scaling of the probe (gamma(2)), a dot
+    # product of D = 6 (gamma(6)). Right: re-normalising c (gamma(D + 2)),
+    # the mean of 3 equal crops (gamma(3)), the 1/sqrt(2) scaling
+    # (gamma(1)), a dot product of 2D = 12 (gamma(12)). Every vector has
+    # norm <= 1, so the sums of |products| are <= 1.
+    bound = gamma(2) + gamma(6) + gamma(8) + gamma(3) + gamma(1) + gamma(12)
     np.testing.assert_allclose(
         cohort_probes("reference", vectors) @ cohort.T,
         vectors @ as_files.T,
-        atol=1e-6,
+        atol=bound,
+        rtol=0,
     )
 
 

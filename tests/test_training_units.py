@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from float32_bounds import U, gamma
 
 from data_prep.augmentation import prepare_augmentation
 from speechbrain_ext.aam import AAMCrossEntropy
@@ -51,7 +52,17 @@ def test_aam_matches_reference_formula(margin):
     got = AAMCrossEntropy(margin=margin, scale=30.0)(cosine, targets)
     want = reference_aam_ce(cosine.numpy(), targets.numpy(), margin, 30.0)
     assert got.shape == (64,)
-    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-6)
+    # float32 bound. The target logit s * cos(t + m) = s * (c cos m -
+    # sqrt(1 - c^2) sin m) carries (kappa + 6) roundings, kappa = |c| /
+    # sqrt(1 - c^2) amplifying those of c^2 through the square root; other
+    # logits 2 (the cosine, the scale). The loss moves by at most
+    # (1 - p_target) times the largest logit errors, 1 - p_target =
+    # 1 - exp(-CE); log-softmax over C classes adds gamma(C + 2) + 2u CE.
+    c = cosine[torch.arange(64), targets].double().numpy()
+    kappa = np.abs(c) / np.sqrt(1 - c**2)
+    logit_error = 30.0 * (kappa + 6 + 2) * U
+    bound = -np.expm1(-want) * logit_error + 2 * U * want + gamma(10 + 2)
+    assert np.all(np.abs(got.double().numpy() - want) <= bound)
 
 
 def test_aam_margin_raises_loss_and_is_monotonic():
@@ -158,9 +169,14 @@ def test_label_correction_uses_unnormalised_weights_and_threshold():
     clean = torch.tensor([[0.3, 0.0], [0.0, 0.02], [0.02, 0.0]])
     labels, confident, prob = correct_labels(clean, weights)
     assert labels.tolist() == [0, 1, 0]
-    logits = clean @ weights.t() / 0.1
+    logits = clean.double() @ weights.double().t() / 0.1
     want = torch.softmax(logits, -1).max(-1).values
-    torch.testing.assert_close(prob, want)
+    # float32: a logit is a dot product of D = 2 (gamma(2)) divided by 0.1
+    # (one rounding); a softmax probability moves by at most twice the
+    # largest logit error, plus gamma(C + 2) of its own (C = 3 classes).
+    logit_error = (gamma(2) + U) * (clean.abs() @ weights.abs().t()) / 0.1
+    bound = 2 * logit_error.max().item() + gamma(3 + 2)
+    assert bool(((prob.double() - want).abs() <= bound).all())
     assert confident.tolist() == (want > 0.5).tolist() == [True, False, False]
     # Scaling W changes the probabilities: the weights are not normalised.
     _, confident_big, _ = correct_labels(clean, 10 * weights)
@@ -192,8 +208,10 @@ def test_l2sp_value_and_normalised_gradient():
     assert objective.item() == pytest.approx(1.0)
     objective.backward()
     assert reg.add_gradient(model, 0.01, 1e-5).item() == pytest.approx(want)
-    torch.testing.assert_close(model[0].weight.grad, want_grads[0])
-    torch.testing.assert_close(model[1].weight.grad, want_grads[1])
+    # The same float operations in the same order (the two gradient terms
+    # are added once, and float addition commutes): equal bit for bit.
+    assert torch.equal(model[0].weight.grad, want_grads[0])
+    assert torch.equal(model[1].weight.grad, want_grads[1])
     assert model[0].bias.grad is None
 
 
