@@ -559,7 +559,7 @@ def read_train_list(path, data_folder, n_classes):
     labels, paths, bad = [], [], []
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")
     except UnicodeDecodeError as error:
         raise TrainListError(
             f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} "

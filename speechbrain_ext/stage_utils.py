@@ -59,7 +59,8 @@ def _plain_number_or_bool(value):
 def override_type_problem(key, value, default):
     """Why an override does not have the type of its default, if it does not.
 
-    Only plain numbers and booleans are checked; ``null`` is accepted.
+    Only defaults that are plain numbers or booleans are checked; ``null``
+    and tagged values (``!ref``, ``!name:``...) are accepted.
 
     Arguments
     ---------
@@ -83,7 +84,11 @@ def override_type_problem(key, value, default):
     >>> override_type_problem("epochs", 1.5, 15)
     '--epochs=1.5: expected an integer (the default is 15)'
     """
-    if value is None or not _plain_number_or_bool(default):
+    if (
+        value is None
+        or hasattr(value, "tag")  # !ref, !name: ... are not checked
+        or not _plain_number_or_bool(default)
+    ):
         return None
     got = f", got the text {value!r}" if isinstance(value, str) else ""
     if isinstance(default, bool):
@@ -124,7 +129,7 @@ def parse_stage_arguments(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     if not os.path.isfile(hparams_file):
         sys.exit(f"{hparams_file}: hparams file not found")
-    reader = ruamel.yaml.YAML(typ="safe", pure=True)
+    reader = ruamel.yaml.YAML(typ="rt")
     try:
         values = reader.load(overrides) or {}
     except ruamel.yaml.constructor.DuplicateKeyError as error:

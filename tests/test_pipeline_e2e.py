@@ -103,16 +103,13 @@ def test_pipeline_end_to_end_with_an_interruption(tiny_corpus, tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    # Kill the pipeline (its PID only) in the middle of round 1, after
-    # its first checkpoint; a second pipeline on the folder meanwhile is
-    # refused.
-    log = output / "logs" / "round1.log"
-    deadline = time.time() + 900
+    # While it runs, a second pipeline on the same folder is refused.
+    lock = output / ".lock"
+    deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if log.exists() and "Going into epoch 2" in log.read_text():
+        if lock.exists() and lock.read_text().strip():
             break
         time.sleep(0.05)
-    assert process.poll() is None, "the pipeline ended before round 1"
     second = subprocess.run(
         command(tiny_corpus, output),
         cwd=ROOT,
@@ -121,17 +118,27 @@ def test_pipeline_end_to_end_with_an_interruption(tiny_corpus, tmp_path):
         text=True,
         timeout=300,
     )
+    assert process.poll() is None, "the first pipeline ended too early"
     assert second.returncode == 1
     assert second.stderr.strip().splitlines()[-1] == (
         f"{output}: already in use by another run (PID {process.pid}, "
-        f"started {(output / '.lock').read_text().split()[1]}); wait for it "
-        "to end, stop it, or choose another output folder"
+        f"started {lock.read_text().split()[1]}); wait for it to end, stop "
+        "it, or choose another output folder"
     )
+    # Kill the pipeline (its PID only) in the middle of round 1, after
+    # its first checkpoint: the stage it runs ends with it.
+    log = output / "logs" / "round1.log"
+    deadline = time.time() + 900
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and "Going into epoch 2" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the pipeline ended before round 1"
     stage_pids = [
         int(pid)
-        for pid in open(
-            f"/proc/{process.pid}/task/{process.pid}/children"
-        ).read().split()
+        for pid in open(f"/proc/{process.pid}/task/{process.pid}/children")
+        .read()
+        .split()
     ]
     assert stage_pids, "no stage process"
     process.send_signal(signal.SIGKILL)
