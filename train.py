@@ -24,14 +24,13 @@ import speechbrain_ext.preflight  # noqa: F401
 
 import logging
 import os
+import re
 import sys
 
-import numpy as np
-import ruamel.yaml
 import soundfile
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml, resolve_references
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
@@ -42,11 +41,22 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
 from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.augment import build_augmenter
+from speechbrain_ext.checkpoints import CheckpointNotFoundError, load_state
+from speechbrain_ext.finite import stop_on_nonfinite_loss
 from speechbrain_ext.io_utils import safe_torch_load
 from speechbrain_ext.l2sp import L2SP, normalised_loss
 from speechbrain_ext.label_correction import correct_labels
 from speechbrain_ext.loss_gate import default_plot_path
+from speechbrain_ext.random_state import item_seed
 from speechbrain_ext.sampler import SpeakerBalancedBatchSampler
+from speechbrain_ext.stage_utils import (
+    TRAINING_ERRORS,
+    check_output_paths,
+    exit_on_input_errors,
+    parse_stage_arguments,
+    preview_hparams,
+    removed_on_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +70,9 @@ STAT_KEYS = (
     "gated_loss_sum",
     "steps",
 )
+
+
+ASCII_INTEGER = re.compile("[0-9]+")
 
 
 class TrainListError(ValueError):
@@ -146,10 +159,6 @@ def _unwrap(module):
     return module.module if hasattr(module, "module") else module
 
 
-def _step_seed(*key):
-    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-
-
 class PseudoLabelBrain(sb.core.Brain):
     """Brain for pseudo-label fine-tuning (rounds and LMFT).
 
@@ -216,14 +225,32 @@ class PseudoLabelBrain(sb.core.Brain):
         Arguments
         ---------
         batch : PaddedBatch
-            Unused.
+            Its ``path`` is kept to name the files of a bad batch.
         should_step : bool
             Unused.
         """
         rank = int(os.environ.get("RANK", 0))
         torch.manual_seed(
-            _step_seed(self.hparams.seed, self.epoch, self.step, rank)
+            item_seed(self.hparams.seed, self.epoch, self.step, rank)
         )
+        self.batch_files = batch.path
+
+    def check_loss_isfinite(self, loss):
+        """Stop at a NaN/infinite loss, naming the batch's files.
+
+        A step on such a loss would write NaN into every weight; under
+        fp16, SpeechBrain's check runs instead (the gradient scaler skips
+        overflowing steps).
+
+        Arguments
+        ---------
+        loss : torch.Tensor
+            The scaled loss of the batch.
+        """
+        if self.scaler.is_enabled():
+            super().check_loss_isfinite(loss)
+        else:
+            stop_on_nonfinite_loss(loss, self.step, self.batch_files)
 
     def compute_forward(self, batch, stage):
         """Embed the augmented view and score it against every class.
@@ -530,20 +557,27 @@ def read_train_list(path, data_folder, n_classes):
     if not os.path.isfile(path):
         raise TrainListError(f"{path}: train list not found")
     labels, paths, bad = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                bad.append(f"line {number}: {line.strip()!r}")
-                continue
-            label, relpath = fields
-            if not label.isdigit():
-                bad.append(f"line {number}: label {label!r}")
-                continue
-            labels.append(int(label))
-            paths.append(os.path.join(data_folder, relpath))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as error:
+        raise TrainListError(
+            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} "
+            f"at offset {error.start})"
+        ) from None
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            bad.append(f"line {number}: {line.strip()!r}")
+            continue
+        label, relpath = fields
+        if not ASCII_INTEGER.fullmatch(label):
+            bad.append(f"line {number}: label {label!r}")
+            continue
+        labels.append(int(label))
+        paths.append(os.path.join(data_folder, relpath))
     if bad:
         raise TrainListError(
             f"{path}: {len(bad)} lines are not 'LABEL RELPATH' with a "
@@ -621,23 +655,29 @@ def dataio_prep(hparams, labels, paths):
     @sb.utils.data_pipeline.takes("path", "idx")
     @sb.utils.data_pipeline.provides("clean", "aug", "ok")
     def audio_pipeline(path, idx):
-        """Random crop (wrap-padded) and its augmented view."""
+        """Random crop (wrap-padded) and its augmented view.
+
+        Every random draw (crop, augmentation, noise and RIR files) comes
+        from a generator seeded by (seed, epoch, item): an item is the same
+        in every run, in any worker, before and after a resume.
+        """
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_step_seed(seed, sampler.epoch, idx))
+            torch.manual_seed(item_seed(seed, sampler.epoch, idx))
             try:
                 frames = soundfile.info(path).frames
                 start = int(torch.randint(0, max(1, frames - crop + 1), ()))
                 wav = read_audio(path, rate, start, min(frames, start + crop))
                 clean, ok = wrap_pad(wav, crop), True
             except (AudioError, soundfile.LibsndfileError, OSError) as error:
-                logger.warning("Skipping unreadable audio: %s", error)
+                logger.warning("Skipping unusable audio: %s", error)
                 clean, ok = torch.zeros(crop), False
-            yield clean
-            yield augmenter(clean)[0] if ok else clean
-            yield torch.tensor([ok])
+            aug = augmenter(clean)[0] if ok else clean
+        yield clean
+        yield aug
+        yield torch.tensor([ok])
 
     dataset.add_dynamic_item(audio_pipeline)
-    dataset.set_output_keys(["id", "clean", "aug", "ok", "label"])
+    dataset.set_output_keys(["id", "path", "clean", "aug", "ok", "label"])
     return dataset, sampler
 
 
@@ -658,6 +698,11 @@ def init_from_checkpoint(path, embedding_model, classifier):
     -------
     str
         The checkpoint folder used.
+
+    Raises
+    ------
+    CheckpointNotFoundError, CheckpointMismatchError
+        One line naming the folder or file (e.g. another architecture).
     """
     folder = path
     if not os.path.isfile(os.path.join(folder, "embedding_model.ckpt")):
@@ -665,56 +710,23 @@ def init_from_checkpoint(path, embedding_model, classifier):
             ckpt_predicate=lambda c: "brain_intra_epoch_ckpt" not in c.meta
         )
         if ckpt is None:
-            raise FileNotFoundError(f"{path}: no training checkpoint found")
+            raise CheckpointNotFoundError(
+                f"{path}: no training checkpoint found (--init_from)"
+            )
         folder = str(ckpt.path)
-    for name, module in (("embedding_model", embedding_model),):
-        module.load_state_dict(
-            safe_torch_load(os.path.join(folder, f"{name}.ckpt"))
-        )
-    state = safe_torch_load(os.path.join(folder, "classifier.ckpt"))
-    if state["weight"].shape != classifier.weight.shape:
-        raise ValueError(
-            f"{folder}/classifier.ckpt: weight {tuple(state['weight'].shape)}"
-            f", expected {tuple(classifier.weight.shape)} (n_classes, emb)"
-        )
-    classifier.load_state_dict(state)
+    load_state(embedding_model, folder, "embedding_model")
+    load_state(classifier, folder, "classifier")
     return folder
-
-
-def preview_hparams(hparams_file, overrides):
-    """Plain values of the hparams, before any object is built.
-
-    Unknown override keys and missing ``!PLACEHOLDER`` inputs exit with one
-    line naming the key, so nothing is written.
-
-    Arguments
-    ---------
-    hparams_file : str
-        The yaml file.
-    overrides : dict or str
-        Command-line overrides.
-
-    Returns
-    -------
-    dict
-        Top-level values with references resolved (tags left unbuilt).
-    """
-    try:
-        with open(hparams_file, encoding="utf-8") as fin:
-            text = resolve_references(
-                fin, overrides, overrides_must_match=True
-            ).getvalue()
-    except KeyError as error:
-        sys.exit(f"{hparams_file}: {error.args[0]}")
-    except ValueError as error:
-        if "PLACEHOLDER" not in str(error):
-            raise
-        sys.exit(f"{hparams_file}: required input missing: {error}")
-    return ruamel.yaml.YAML(typ="rt").load(text)
 
 
 def main(argv):
     """Run training from command-line arguments.
+
+    Bad inputs (train list, ``--pretrained_wavlm``, ``--init_from``, a
+    checkpoint of another architecture, an unwritable output) exit with one
+    line naming the file or key; an output folder made by this run is then
+    removed. A non-finite loss or a failed checkpoint save stops training
+    with one line; the last good checkpoint is kept.
 
     Arguments
     ---------
@@ -725,59 +737,63 @@ def main(argv):
     -------
     PseudoLabelBrain
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = parse_stage_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     preview = preview_hparams(hparams_file, overrides)
-    try:
+    check_output_paths(preview)
+    output_folder = preview["output_folder"]
+    with (
+        removed_on_failure(output_folder),
+        exit_on_input_errors(TRAINING_ERRORS + (TrainListError,)),
+    ):
         labels, paths = read_train_list(
             preview["train_list"], preview["data_folder"], preview["n_classes"]
         )
-    except TrainListError as error:
-        sys.exit(str(error))
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    run_on_main(
-        prepare_augmentation,
-        args=[augmentation_folder(hparams)],
-        kwargs={
-            "noise_folder": hparams["noise_folder"],
-            "rir_folder": hparams["rir_folder"],
-            "sample_rate": hparams["sample_rate"],
-        },
-    )
-    # The L2-SP anchor is the pre-trained WavLM, also when LMFT starts from
-    # a round's fine-tuned weights.
-    l2sp = L2SP(freeze_wavlm(hparams["embedding_model"].wavlm))
-    if hparams["init_from"]:
-        used = init_from_checkpoint(
-            hparams["init_from"],
-            hparams["embedding_model"],
-            hparams["classifier"],
+        with open(hparams_file, encoding="utf-8") as fin:
+            hparams = load_hyperpyyaml(fin, overrides)
+        run_on_main(
+            prepare_augmentation,
+            args=[augmentation_folder(hparams)],
+            kwargs={
+                "noise_folder": hparams["noise_folder"],
+                "rir_folder": hparams["rir_folder"],
+                "sample_rate": hparams["sample_rate"],
+            },
         )
-        logger.info("Initialised from %s", used)
-    dataset, sampler = dataio_prep(hparams, labels, paths)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-    hparams["checkpointer"].add_recoverable("sampler", sampler)
-    brain = PseudoLabelBrain(
-        l2sp=l2sp,
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.fit(
-        brain.hparams.epoch_counter,
-        dataset,
-        train_loader_kwargs={
-            "batch_sampler": sampler,
-            "num_workers": hparams["num_workers"],
-        },
-    )
+        # The L2-SP anchor is the pre-trained WavLM, also when LMFT starts
+        # from a round's fine-tuned weights.
+        l2sp = L2SP(freeze_wavlm(hparams["embedding_model"].wavlm))
+        if hparams["init_from"]:
+            used = init_from_checkpoint(
+                hparams["init_from"],
+                hparams["embedding_model"],
+                hparams["classifier"],
+            )
+            logger.info("Initialised from %s", used)
+        dataset, sampler = dataio_prep(hparams, labels, paths)
+        sb.create_experiment_directory(
+            experiment_directory=hparams["output_folder"],
+            hyperparams_to_save=hparams_file,
+            overrides=overrides,
+        )
+        hparams["checkpointer"].add_recoverable("sampler", sampler)
+        brain = PseudoLabelBrain(
+            l2sp=l2sp,
+            modules=hparams["modules"],
+            opt_class=hparams["opt_class"],
+            hparams=hparams,
+            run_opts=run_opts,
+            checkpointer=hparams["checkpointer"],
+        )
+    with exit_on_input_errors(TRAINING_ERRORS):
+        brain.fit(
+            brain.hparams.epoch_counter,
+            dataset,
+            train_loader_kwargs={
+                "batch_sampler": sampler,
+                "num_workers": hparams["num_workers"],
+            },
+        )
     return brain
 
 

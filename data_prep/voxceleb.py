@@ -14,12 +14,15 @@ decoding; one process per CPU core) and writes:
   reference code.
 - ``NAME_skipped.txt``: ``RELPATH<TAB>PROBLEM`` for every file left out:
   unreadable, empty (0 bytes), no samples, wrong sample rate, more than one
-  channel, shorter than ``min_duration``, or outside the layout. Each one is
+  channel, shorter than ``min_duration`` or than WavLM's 400-sample receptive
+  field, NaN or infinite samples, or outside the layout. Each one is
   also logged on one line, followed by the count.
 - a copy of each trial list given (``LABEL ENROL TEST`` lines, checked: every
   line well formed, every file present and usable).
-- ``NAME_prepare.json``: the settings; a second run with the same settings
-  does nothing (as SpeechBrain's ``voxceleb_prepare``).
+- ``NAME_prepare.json``: the settings and a fingerprint of the inputs; a
+  second run with the same settings on unchanged inputs does nothing (as
+  SpeechBrain's ``voxceleb_prepare``), a changed data folder or trial list
+  is prepared again.
 
 Every output is written atomically.
 
@@ -40,6 +43,7 @@ import speechbrain_ext.preflight  # noqa: F401
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -47,6 +51,8 @@ import os
 import re
 
 import soundfile
+
+from speechbrain_ext.audio import WAVLM_MIN_SAMPLES, count_nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +64,13 @@ class TrialListError(ValueError):
     """A trial list is malformed or names files that cannot be used."""
 
 
-def check_audio(path, sample_rate=16000, min_duration=0.0):
+def check_audio(
+    path, sample_rate=16000, min_duration=0.0, min_samples=WAVLM_MIN_SAMPLES
+):
     """Read an audio file's header and say what is wrong with it, if anything.
+
+    Only float files are decoded, to find NaN or infinite samples (integer
+    PCM cannot hold them).
 
     Arguments
     ---------
@@ -69,6 +80,8 @@ def check_audio(path, sample_rate=16000, min_duration=0.0):
         The expected sample rate.
     min_duration : float
         Shorter files are a problem (seconds).
+    min_samples : int
+        Fewer samples is a problem (default: WavLM's receptive field, 400).
 
     Returns
     -------
@@ -107,6 +120,18 @@ def check_audio(path, sample_rate=16000, min_duration=0.0):
             f"duration {duration:.3f} s shorter than min_duration "
             f"{min_duration} s"
         )
+    if frames < min_samples:
+        return duration, (
+            f"{frames} samples, fewer than {min_samples} (the receptive "
+            "field of WavLM)"
+        )
+    try:
+        nonfinite = count_nonfinite(path)
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+        message = str(error).strip().splitlines()[0] if str(error) else ""
+        return duration, f"unreadable ({type(error).__name__}: {message})"
+    if nonfinite:
+        return duration, f"{nonfinite} samples are NaN or infinite"
     return duration, None
 
 
@@ -122,7 +147,7 @@ def _list_folder(path, relpath, bad):
 
 def _scan_speaker(task):
     """Check every ``VIDEO/UTT.wav`` of one speaker folder."""
-    data_folder, speaker, sample_rate, min_duration = task
+    data_folder, speaker, sample_rate, min_duration, min_samples = task
     good, bad = [], []
     path = os.path.join(data_folder, speaker)
     for video in _list_folder(path, speaker, bad):
@@ -137,7 +162,7 @@ def _scan_speaker(task):
                 bad.append((relpath + "/", LAYOUT_PROBLEM))
             elif utt.name.endswith(".wav"):
                 duration, problem = check_audio(
-                    utt.path, sample_rate, min_duration
+                    utt.path, sample_rate, min_duration, min_samples
                 )
                 if problem is None and UNSAFE_NAME.search(relpath):
                     problem = "name has whitespace or '$' (breaks the lists)"
@@ -148,7 +173,13 @@ def _scan_speaker(task):
     return good, bad
 
 
-def scan_folder(data_folder, sample_rate=16000, min_duration=0.0, n_jobs=None):
+def scan_folder(
+    data_folder,
+    sample_rate=16000,
+    min_duration=0.0,
+    n_jobs=None,
+    min_samples=WAVLM_MIN_SAMPLES,
+):
     """Find and check every ``SPEAKER/VIDEO/UTT.wav`` under a data root.
 
     Arguments
@@ -161,6 +192,8 @@ def scan_folder(data_folder, sample_rate=16000, min_duration=0.0, n_jobs=None):
         Shorter files are left out (seconds).
     n_jobs : int, optional
         Processes (default: the usable CPU cores).
+    min_samples : int
+        Files with fewer samples are left out.
 
     Returns
     -------
@@ -186,7 +219,13 @@ def scan_folder(data_folder, sample_rate=16000, min_duration=0.0, n_jobs=None):
         for speaker in speakers:
             if speaker.is_dir():
                 tasks.append(
-                    (data_folder, speaker.name, sample_rate, min_duration)
+                    (
+                        data_folder,
+                        speaker.name,
+                        sample_rate,
+                        min_duration,
+                        min_samples,
+                    )
                 )
             elif speaker.name.endswith(".wav"):
                 bad.append((speaker.name, LAYOUT_PROBLEM))
@@ -358,6 +397,56 @@ def _outputs(output_folder, name, trial_lists):
     }
 
 
+def tree_fingerprint(data_folder):
+    """A digest of every ``SPEAKER/VIDEO/*.wav``: names, sizes, mtimes.
+
+    Adding, removing, renaming, replacing or rewriting a file changes it;
+    nothing is decoded (one ``stat`` per file).
+
+    Arguments
+    ---------
+    data_folder : str
+        The wav root.
+
+    Returns
+    -------
+    str
+        Hex SHA-256 with the number of files, e.g. ``"3:1f0c..."``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "id1", "vid"))
+    >>> before = tree_fingerprint(root)
+    >>> open(os.path.join(root, "id1", "vid", "1.wav"), "w").close()
+    >>> tree_fingerprint(root) == before, tree_fingerprint(root)[:2]
+    (False, '1:')
+    """
+    digest = hashlib.sha256()
+    count = 0
+    stack = [(data_folder, "")]
+    while stack:
+        folder, relative = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                entries = sorted(entries, key=lambda entry: entry.name)
+        except OSError:
+            digest.update(f"unreadable {relative}\n".encode())
+            continue
+        for entry in entries:
+            relpath = f"{relative}{entry.name}"
+            if entry.is_dir() and relative.count("/") < 2:
+                stack.append((entry.path, relpath + "/"))
+            elif entry.name.endswith(".wav"):
+                stat = entry.stat()
+                digest.update(
+                    f"{relpath} {stat.st_size} {stat.st_mtime_ns}\n".encode()
+                )
+                count += 1
+    return f"{count}:{digest.hexdigest()}"
+
+
 def prepare_voxceleb(
     data_folder,
     output_folder,
@@ -366,11 +455,15 @@ def prepare_voxceleb(
     min_duration=0.0,
     sample_rate=16000,
     n_jobs=None,
+    min_samples=WAVLM_MIN_SAMPLES,
 ):
     """Write the manifest, list and checked trial lists of a VoxCeleb tree.
 
     Meant to be called with ``speechbrain.utils.distributed.run_on_main``.
-    Skipped when a previous run with the same settings completed.
+    Skipped when a previous run with the same settings on the same inputs
+    completed: the settings, a fingerprint of the wav tree (names, sizes and
+    modification times of its files, :func:`tree_fingerprint`) and of the
+    trial lists are compared, so a changed data folder is prepared again.
 
     Arguments
     ---------
@@ -388,6 +481,9 @@ def prepare_voxceleb(
         The expected sample rate.
     n_jobs : int, optional
         Scanning processes (default: the usable CPU cores).
+    min_samples : int
+        Files with fewer samples are left out (default: WavLM's receptive
+        field).
 
     Returns
     -------
@@ -404,24 +500,34 @@ def prepare_voxceleb(
 
     trial_lists = [os.path.abspath(path) for path in trial_lists]
     outputs = _outputs(output_folder, name, trial_lists)
+    if not os.path.isdir(data_folder):
+        raise FileNotFoundError(f"{data_folder}: data folder not found")
     settings = {
         "data_folder": os.path.abspath(data_folder),
+        "tree": tree_fingerprint(data_folder),
         "trial_lists": {
-            path: os.stat(path).st_mtime_ns
+            path: [os.stat(path).st_size, os.stat(path).st_mtime_ns]
             for path in trial_lists
             if os.path.exists(path)
         },
         "min_duration": min_duration,
+        "min_samples": min_samples,
         "sample_rate": sample_rate,
     }
     marker = os.path.join(output_folder, f"{name}_prepare.json")
-    if _already_done(marker, settings, outputs):
+    done = _already_done(marker, settings, outputs)
+    if done is True:
         logger.info(
-            "%s: already prepared with these settings, skipping", marker
+            "%s: already prepared with these settings and inputs, skipping",
+            marker,
         )
         return outputs
+    if done:
+        logger.info("%s: %s; preparing again", marker, done)
     trials = {path: read_trials(path) for path in trial_lists}
-    good, bad = scan_folder(data_folder, sample_rate, min_duration, n_jobs)
+    good, bad = scan_folder(
+        data_folder, sample_rate, min_duration, n_jobs, min_samples
+    )
     for relpath, problem in bad:
         logger.warning(
             "%s: %s, skipped", os.path.join(data_folder, relpath), problem
@@ -470,16 +576,28 @@ def prepare_voxceleb(
 
 
 def _already_done(marker, settings, outputs):
-    """Whether the marker holds these settings and every output exists."""
+    """True when the marker holds these settings and every output exists.
+
+    Otherwise False (nothing prepared yet) or a string saying what changed.
+    """
     paths = [outputs["csv"], outputs["list"], outputs["skipped"]]
     paths += list(outputs["trials"].values())
-    if not all(os.path.isfile(path) for path in [marker, *paths]):
+    if not os.path.isfile(marker):
         return False
+    if not all(os.path.isfile(path) for path in paths):
+        return "an output is missing"
     try:
         with open(marker, encoding="utf-8") as f:
-            return json.load(f).get("settings") == settings
+            previous = json.load(f).get("settings") or {}
     except (OSError, ValueError):
-        return False
+        return "unreadable marker"
+    changed = [key for key in settings if previous.get(key) != settings[key]]
+    if not changed:
+        return True
+    names = {"tree": "the files of the data folder"}
+    return "changed since the last preparation: " + ", ".join(
+        names.get(key, key) for key in changed
+    )
 
 
 def main(argv=None):
@@ -511,6 +629,12 @@ def main(argv=None):
     parser.add_argument("--name", default="train")
     parser.add_argument("--trials", nargs="*", default=[])
     parser.add_argument("--min_duration", type=float, default=0.0)
+    parser.add_argument(
+        "--min_samples",
+        type=int,
+        default=WAVLM_MIN_SAMPLES,
+        help="files with fewer samples are left out (WavLM needs 400)",
+    )
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--n_jobs", type=int, default=None)
     args = parser.parse_args(argv)
@@ -525,8 +649,9 @@ def main(argv=None):
             min_duration=args.min_duration,
             sample_rate=args.sample_rate,
             n_jobs=args.n_jobs,
+            min_samples=args.min_samples,
         )
-    except (TrialListError, FileNotFoundError) as error:
+    except (TrialListError, OSError) as error:
         logger.error("error: %s", error)
         return 1
     return 0

@@ -16,12 +16,19 @@ and overrides, writing under ``<output_folder>/<stage>/``)::
 
 A stage that completes writes ``<output_folder>/stages/<stage>.json`` (its
 command and wall time); a re-run skips completed stages and re-runs an
-interrupted one, which resumes from its own checkpoints. ``--rerun=[a,b]``
+interrupted one, which resumes from its own checkpoints (the log says
+``running (resuming)``). ``--rerun=[a,b]``
 deletes those stages' outputs (and marks every later stage as not done) and
 runs them again; ``--stages=[a,b]`` runs only those. At the end a summary
 (stage, NMI of the pseudo-labels made from its embeddings, EER in percent,
 minDCF at P_target 0.01, wall time) is printed and written as
 ``summary.json``, ``summary.md`` and ``summary.png``.
+
+One pipeline per output folder: it holds a lock (``OUT/.lock``, with its
+PID) while it runs; a second one on the same folder stops with one line
+naming that PID, and a lock left by a killed run is taken over. Killing
+the pipeline also ends the stage it started (Linux), and temporary files
+left by killed runs are removed when the next one starts.
 
 To run::
 
@@ -44,13 +51,21 @@ from dataclasses import dataclass
 
 import speechbrain as sb
 
-from speechbrain_ext.io_utils import atomic_open
+from speechbrain_ext.folder_lock import (
+    FolderLock,
+    FolderLockedError,
+    end_with_parent,
+)
+from speechbrain_ext.io_utils import atomic_open, remove_stale_temporaries
 from speechbrain_ext.stage_utils import load_stage_hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("stage", "NMI", "EER", "minDCF_0.01", "wall_s")
+
+#: Seconds between saves of a running stage's wall time.
+ATTEMPT_RECORD_S = 30
 
 
 class StageError(RuntimeError):
@@ -151,7 +166,10 @@ class StageRunner:
 
         The command's output goes to ``logs/<name>.log`` (appended across
         attempts). Time spent in failed or interrupted attempts is added to
-        the wall time of the one that completes.
+        the wall time of the one that completes. A stage started before
+        (and not completed) is announced as ``running (resuming)``. The
+        command ends with this process: on Linux it is sent SIGTERM when
+        the pipeline dies, even by ``kill -9``.
 
         Arguments
         ---------
@@ -173,31 +191,47 @@ class StageRunner:
         os.makedirs(self.log_folder, exist_ok=True)
         os.makedirs(self.marker_folder, exist_ok=True)
         log_path = os.path.join(self.log_folder, f"{stage.name}.log")
+        resuming = os.path.exists(self._attempts_file(stage.name))
         earlier = self._earlier_wall(stage.name)
         logger.info(
             "stage %s: running%s (log: %s)",
             stage.name,
-            " (resuming)" if earlier else "",
+            " (resuming)" if resuming else "",
             log_path,
         )
         start = time.perf_counter()
-        returncode = None
-        try:
-            with open(log_path, "a", encoding="utf-8") as log:
-                log.write(f"$ {' '.join(stage.command)}\n")
-                log.flush()
-                returncode = subprocess.call(
-                    stage.command,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=ROOT,
-                    env=self.env,
-                )
-        finally:
-            wall = earlier + time.perf_counter() - start
-            if returncode != 0:
-                with atomic_open(self._attempts_file(stage.name)) as f:
-                    json.dump({"wall_s": wall}, f)
+
+        def record_attempt():
+            """Save the wall time so far: a killed attempt still counts."""
+            with atomic_open(self._attempts_file(stage.name)) as f:
+                json.dump({"wall_s": earlier + time.perf_counter() - start}, f)
+
+        record_attempt()
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"$ {' '.join(stage.command)}\n")
+            log.flush()
+            process = subprocess.Popen(
+                stage.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=self.env,
+                preexec_fn=end_with_parent,
+            )
+            try:
+                while True:
+                    try:
+                        returncode = process.wait(timeout=ATTEMPT_RECORD_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        record_attempt()
+            finally:
+                if process.poll() is None:  # interrupted: end the stage too
+                    process.terminate()
+                    process.wait()
+        wall = earlier + time.perf_counter() - start
+        if returncode != 0:
+            record_attempt()
         if returncode != 0:
             raise StageError(
                 f"stage {stage.name} failed (exit code {returncode}); "
@@ -709,11 +743,40 @@ def main(argv):
         )
     except ValueError as error:
         sys.exit(f"{hparams_file}: {error}")
-    sb.create_experiment_directory(
-        experiment_directory=out,
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    lock = FolderLock(out)
+    try:
+        stale = lock.acquire()
+    except FolderLockedError as error:
+        sys.exit(str(error))
+    try:
+        sb.create_experiment_directory(
+            experiment_directory=out,
+            hyperparams_to_save=hparams_file,
+            overrides=overrides,
+        )
+        if stale is not None:
+            logger.info(
+                "took over the lock left by a killed run (PID %d)", stale
+            )
+        run_locked(hparams, stages, to_reset, to_run)
+    finally:
+        lock.release()
+
+
+def run_locked(hparams, stages, to_reset, to_run):
+    """The pipeline's work, once its output folder is locked.
+
+    Arguments
+    ---------
+    hparams : dict
+    stages : list of Stage
+        All stages in order.
+    to_reset, to_run : list of Stage
+        From :func:`select_stages`.
+    """
+    out = hparams["output_folder"]
+    for path in remove_stale_temporaries(out, recursive=True):
+        logger.info("removed a temporary file left by a killed run: %s", path)
     prepare_synthetic_corpus(hparams)
     runner = StageRunner(out)
     for stage in to_reset:

@@ -7,8 +7,11 @@ root; a cache beside it makes later loads fast), clusters it with
 ``LABEL RELPATH`` line per utterance, in the input order, plus a JSON report
 ``OUTPUT.json`` (counts, cluster-size histogram, wall time per phase, peak
 memory, and NMI / purity / inverse purity when the keys are
-``spk/video/utt.wav``). Both files are written atomically: a failed run
-leaves an existing output untouched.
+``spk/video/utt.wav``). Both files are written atomically with one commit
+point (the report, holding the labels' SHA-256, is renamed last): a failed
+run leaves an existing output untouched, and a killed one never leaves new
+labels beside an old report. Keys with whitespace, which the label lines
+cannot hold, are refused before any work; so is an unwritable output.
 
 With fewer embeddings than ``n_clusters``, K-Means uses one cluster per
 embedding and AHC is skipped when fewer K-Means clusters are used than
@@ -23,9 +26,12 @@ To run::
 
 import speechbrain_ext.preflight  # noqa: F401
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -38,8 +44,10 @@ from speechbrain_ext.embeddings_io import (
     load_embeddings,
 )
 from speechbrain_ext.io_utils import (
+    OutputWriteError,
     UnsafeCheckpointError,
     atomic_open,
+    remove_stale_temporaries,
 )
 from speechbrain_ext.stage_utils import (
     load_stage_hparams,
@@ -48,7 +56,13 @@ from speechbrain_ext.stage_utils import (
 
 logger = logging.getLogger(__name__)
 
-INPUT_ERRORS = (EmbeddingsFileError, FileNotFoundError, UnsafeCheckpointError)
+INPUT_ERRORS = (
+    EmbeddingsFileError,
+    FileNotFoundError,
+    OutputWriteError,
+    UnsafeCheckpointError,
+)
+WHITESPACE = re.compile(r"\s")
 
 
 def size_histogram(labels):
@@ -80,28 +94,79 @@ def size_histogram(labels):
     return histogram
 
 
-def write_labels(path, keys, labels):
-    """Write ``LABEL RELPATH`` lines atomically.
+def check_keys(keys, source):
+    """Refuse keys that a ``LABEL RELPATH`` line cannot hold.
+
+    Arguments
+    ---------
+    keys : list of str
+        Utterance paths.
+    source : str
+        The embeddings file (for the message).
+
+    Raises
+    ------
+    EmbeddingsFileError
+        With the count and the first such key.
+
+    Example
+    -------
+    >>> check_keys(["a/b/1.wav", "a/b c/2.wav"], "e.pt")
+    Traceback (most recent call last):
+    ...
+    speechbrain_ext.embeddings_io.EmbeddingsFileError: e.pt: 1 keys contain \
+whitespace, which 'LABEL RELPATH' lines cannot hold (first: 'a/b c/2.wav'); \
+rename those files
+    """
+    bad = [key for key in keys if WHITESPACE.search(key)]
+    if bad:
+        raise EmbeddingsFileError(
+            f"{source}: {len(bad)} keys contain whitespace, which "
+            f"'LABEL RELPATH' lines cannot hold (first: {bad[0]!r}); rename "
+            "those files"
+        )
+
+
+def write_outputs(path, keys, labels, report):
+    """Write the labels and their JSON report with one commit point.
+
+    ``LABEL RELPATH`` lines go to ``path`` and the report (with the labels'
+    SHA-256 added) to ``path + ".json"``, both atomically; the old report
+    is removed just before the new labels are renamed into place, and the
+    new report is renamed last. A run killed anywhere leaves the old pair,
+    the new pair, or labels without a report (an interrupted run): never
+    new labels beside an old report.
 
     Arguments
     ---------
     path : str
-        The output file.
+        The labels file.
     keys : list of str
         Utterance paths.
     labels : numpy.ndarray
         One label per key.
+    report : dict
+        The JSON report (``labels_sha256`` is added).
 
     Example
     -------
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "pl.txt")
-    >>> write_labels(path, ["a/b/1.wav", "a/c/2.wav"], np.array([1, 0]))
+    >>> write_outputs(path, ["a/b/1.wav", "a/c/2.wav"], np.array([1, 0]), {})
     >>> open(path).read()
     '1 a/b/1.wav\\n0 a/c/2.wav\\n'
+    >>> sorted(json.load(open(path + ".json")))
+    ['labels_sha256']
     """
-    with atomic_open(path) as f:
-        f.write("".join(f"{label} {key}\n" for label, key in zip(labels, keys)))
+    text = "".join(f"{label} {key}\n" for label, key in zip(labels, keys))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    report_path = path + ".json"
+    with atomic_open(report_path) as report_file:
+        json.dump(dict(report, labels_sha256=digest), report_file, indent=2)
+        with atomic_open(path) as labels_file:
+            labels_file.write(text)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(report_path)
 
 
 def run(hparams, device="cpu"):
@@ -119,8 +184,11 @@ def run(hparams, device="cpu"):
     dict
         The report written to ``OUTPUT.json``.
     """
+    output_folder = os.path.dirname(os.path.abspath(hparams["output_file"]))
+    remove_stale_temporaries(output_folder)
     start = time.perf_counter()
     keys, matrix = load_embeddings(hparams["embeddings_file"])
+    check_keys(keys, hparams["embeddings_file"])
     timings = {"load": time.perf_counter() - start}
     logger.info(
         "loaded %d embeddings of dimension %d (%.1f s)",
@@ -144,9 +212,6 @@ def run(hparams, device="cpu"):
         stats=stats,
     )
     timings["kmeans"], timings["ahc"] = stats["kmeans_s"], stats["ahc_s"]
-    start = time.perf_counter()
-    write_labels(hparams["output_file"], keys, labels)
-    timings["write"] = time.perf_counter() - start
     timings["total"] = sum(timings.values())
     metrics = stats.get("metrics", {})
     report = {
@@ -171,8 +236,7 @@ def run(hparams, device="cpu"):
         "device": device,
         "seed": hparams["seed"],
     }
-    with atomic_open(hparams["output_file"] + ".json") as f:
-        json.dump(report, f, indent=2)
+    write_outputs(hparams["output_file"], keys, labels, report)
     logger.info(
         "wrote %s: %d utterances, %d clusters, NMI %s (%.1f s)",
         hparams["output_file"],

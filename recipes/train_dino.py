@@ -58,9 +58,11 @@ from speechbrain_ext.embeddings_io import (
     save_embeddings,
 )
 from speechbrain_ext.extraction import read_utterance_list
+from speechbrain_ext.finite import stop_on_nonfinite_loss
 from speechbrain_ext.io_utils import atomic_open
 from speechbrain_ext.metrics import verification_metrics
-from speechbrain_ext.stage_utils import load_stage_hparams
+from speechbrain_ext.random_state import item_seed
+from speechbrain_ext.stage_utils import TRAINING_ERRORS, load_stage_hparams
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class DINOBrain(sb.Brain):
 
     def on_fit_batch_start(self, batch, should_step):
         """Set the learning rate of this step (linear warm-up, cosine)."""
+        self.batch_files = batch.id
         if not should_step:
             return
         total = self.hparams.number_of_epochs * self.steps_per_epoch
@@ -137,6 +140,22 @@ class DINOBrain(sb.Brain):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.lr = lr
+
+    def check_loss_isfinite(self, loss):
+        """Stop at a NaN/infinite loss, naming the batch's files.
+
+        A step on such a loss would make the student, then the teacher,
+        NaN; under fp16, SpeechBrain's check runs instead.
+
+        Arguments
+        ---------
+        loss : torch.Tensor
+            The scaled loss of the batch.
+        """
+        if self.scaler.is_enabled():
+            super().check_loss_isfinite(loss)
+        else:
+            stop_on_nonfinite_loss(loss, self.step, self.batch_files)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Move the teacher towards the student (cosine momentum)."""
@@ -318,8 +337,9 @@ def evaluate_trials(brain, hparams):
 def scan_audio(data_folder, keys, manifest, bad_list, on_bad_audio):
     """Check every listed file's header; write the usable ones to a CSV.
 
-    Skipped when ``manifest`` exists. Unreadable, missing, non-16 kHz or
-    multi-channel files are either fatal (``on_bad_audio="error"``) or left
+    Skipped when ``manifest`` exists. Unreadable, missing, non-16 kHz,
+    multi-channel or float files holding NaN or infinite samples (the only
+    ones that can) are either fatal (``on_bad_audio="error"``) or left
     out and written to ``bad_list`` with the reason, with a warning giving
     the count and the first one.
 
@@ -342,7 +362,7 @@ def scan_audio(data_folder, keys, manifest, bad_list, on_bad_audio):
     for key in tqdm(keys, desc="checking audio", mininterval=5):
         path = os.path.join(data_folder, key)
         try:
-            frames = audio_frames(path)
+            frames = audio_frames(path, check_values=True)
         except AudioError as error:
             if on_bad_audio == "error":
                 raise
@@ -410,18 +430,31 @@ def dataio_prep(hparams, items, augmenter=None):
     -------
     speechbrain.dataio.dataset.DynamicItemDataset
     """
-    data = {key: {"wav": path} for key, path, _ in items}
+    data = {
+        key: {"wav": path, "idx": index}
+        for index, (key, path, _) in enumerate(items)
+    }
     dataset = sb.dataio.dataset.DynamicItemDataset(data)
     multi_crop = hparams["multi_crop"]
+    epoch_counter = hparams["epoch_counter"]
+    seed = hparams["seed"]
 
-    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.takes("wav", "idx")
     @sb.utils.data_pipeline.provides("global_crops", "local_crops")
-    def crop_pipeline(path):
-        """Global and local crops of one file, each augmented apart."""
-        global_crops, local_crops = multi_crop(read_audio(path))
-        if augmenter is not None:
-            global_crops = _augment_rows(augmenter, global_crops)
-            local_crops = _augment_rows(augmenter, local_crops)
+    def crop_pipeline(path, index):
+        """Global and local crops of one file, each augmented apart.
+
+        Every random draw comes from a generator seeded by (seed, epoch,
+        item): an item is the same in every run, in any worker, before and
+        after a resume.
+        """
+        wav = read_audio(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(seed, epoch_counter.current, index))
+            global_crops, local_crops = multi_crop(wav)
+            if augmenter is not None:
+                global_crops = _augment_rows(augmenter, global_crops)
+                local_crops = _augment_rows(augmenter, local_crops)
         yield global_crops
         yield local_crops
 
@@ -539,11 +572,14 @@ def main(argv):
             f"{hparams['train_list']}: {per_process} usable utterances per "
             f"process, fewer than batch_size={loader_options['batch_size']}"
         )
-    brain.fit(
-        brain.hparams.epoch_counter,
-        train_set,
-        train_loader_kwargs=loader_options,
-    )
+    try:
+        brain.fit(
+            brain.hparams.epoch_counter,
+            train_set,
+            train_loader_kwargs=loader_options,
+        )
+    except TRAINING_ERRORS as error:
+        sys.exit(str(error))
 
     if if_main_process():
         write_embeddings(brain, hparams, items)

@@ -11,13 +11,57 @@ import numpy as np
 import soundfile
 import torch
 
+#: Fewest samples WavLM's convolutional encoder takes (its receptive field).
+WAVLM_MIN_SAMPLES = 400
+
+#: Sample formats that can hold NaN or infinity (integer PCM cannot).
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
 
 class AudioError(RuntimeError):
     """Raised when an audio file is missing, unreadable or not as expected."""
 
 
-def audio_frames(path, sample_rate=16000):
-    """Number of samples of a mono file, from its header (nothing decoded).
+def count_nonfinite(path, block_size=960_000):
+    """Number of NaN or infinite samples of a file.
+
+    Only float files can hold them: integer PCM is not decoded (0 at once).
+
+    Arguments
+    ---------
+    path : str
+        An audio file soundfile can read.
+    block_size : int
+        Samples decoded at a time.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "nan.wav")
+    >>> nan = np.full(100, np.nan, "float32")
+    >>> soundfile.write(path, nan, 16000, subtype="FLOAT")
+    >>> count_nonfinite(path)
+    100
+    """
+    if soundfile.info(path).subtype not in FLOAT_SUBTYPES:
+        return 0
+    return sum(
+        int(np.count_nonzero(~np.isfinite(block)))
+        for block in soundfile.blocks(
+            path, blocksize=block_size, dtype="float32"
+        )
+    )
+
+
+def audio_frames(path, sample_rate=16000, min_samples=1, check_values=False):
+    """Number of samples of a mono file, from its header.
+
+    Nothing is decoded, unless ``check_values`` asks for the samples of a
+    float file to be checked (see :func:`count_nonfinite`).
 
     Arguments
     ---------
@@ -25,17 +69,22 @@ def audio_frames(path, sample_rate=16000):
         The audio file.
     sample_rate : int or None
         The expected sample rate; ``None`` accepts any.
+    min_samples : int
+        Fewer samples is a problem (e.g. :data:`WAVLM_MIN_SAMPLES`).
+    check_values : bool
+        Refuse float files holding NaN or infinite samples.
 
     Returns
     -------
     int
-        Samples in the file (at least one).
+        Samples in the file (at least ``min_samples``).
 
     Raises
     ------
     AudioError
         One line naming the file and the problem: missing, unreadable,
-        empty, wrong sample rate, more than one channel.
+        empty, too short, wrong sample rate, more than one channel,
+        non-finite samples.
 
     Example
     -------
@@ -44,6 +93,10 @@ def audio_frames(path, sample_rate=16000):
     >>> soundfile.write(path, np.zeros(1600, dtype="float32"), 16000)
     >>> audio_frames(path)
     1600
+    >>> audio_frames(path, min_samples=2000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    speechbrain_ext.audio.AudioError: ...a.wav: 1600 samples, fewer than 2000
     """
     if not os.path.isfile(path):
         raise AudioError(f"{path}: file not found")
@@ -59,7 +112,27 @@ def audio_frames(path, sample_rate=16000):
         raise AudioError(f"{path}: {info.channels} channels, expected mono")
     if info.frames == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
+    if info.frames < min_samples:
+        raise AudioError(
+            f"{path}: {info.frames} samples, fewer than {min_samples}"
+            + (
+                " (the receptive field of WavLM)"
+                if min_samples == WAVLM_MIN_SAMPLES
+                else ""
+            )
+        )
+    if check_values:
+        try:
+            bad = count_nonfinite(path)
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            raise AudioError(f"{path}: unreadable audio ({error})") from None
+        if bad:
+            raise AudioError(_nonfinite_message(path, bad))
     return info.frames
+
+
+def _nonfinite_message(path, count):
+    return f"{path}: {count} samples are NaN or infinite"
 
 
 def read_audio(path, sample_rate=16000, start=0, stop=None):
@@ -85,7 +158,8 @@ def read_audio(path, sample_rate=16000, start=0, stop=None):
     ------
     AudioError
         One line naming the file and the problem: missing, unreadable,
-        empty, wrong sample rate, more than one channel.
+        empty, wrong sample rate, more than one channel, NaN or infinite
+        samples (in the part read).
 
     Example
     -------
@@ -104,6 +178,11 @@ def read_audio(path, sample_rate=16000, start=0, stop=None):
         raise AudioError(f"{path}: unreadable audio ({error})") from None
     if audio.size == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
+    finite = np.isfinite(audio)
+    if not finite.all():
+        raise AudioError(
+            _nonfinite_message(path, int(np.count_nonzero(~finite)))
+        )
     return torch.from_numpy(np.ascontiguousarray(audio))
 
 

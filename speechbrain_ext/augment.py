@@ -1,11 +1,15 @@
 """The augmented view of the reference: one of six equally likely choices.
 
 Per utterance: none; reverberation with a simulated room impulse response
-(SpeechBrain's ``AddReverb``); MUSAN music at 5-15 dB SNR; babble, the sum of
-3-8 MUSAN speech files, at 13-20 dB; MUSAN noise at 0-15 dB; babble + music.
-Noise is mixed by SpeechBrain's ``AddNoise`` (SNR drawn per utterance); its
-``noise_funct`` draws the noise files here, so that the choice of files
-follows the caller's random seed. Babble files are each scaled to unit RMS
+(SpeechBrain's ``reverberate``); MUSAN music at 5-15 dB SNR; babble, the sum
+of 3-8 MUSAN speech files, at 13-20 dB; MUSAN noise at 0-15 dB; babble +
+music. Noise is mixed by SpeechBrain's ``AddNoise`` (SNR drawn per
+utterance); its ``noise_funct`` draws the noise files here, and
+:class:`RandomFileReverb` draws the RIR file, so that every random choice
+follows the caller's random seed and nothing depends on what was augmented
+before (SpeechBrain's ``AddReverb`` walks an internal data loader over the
+RIRs, a position no checkpoint holds, so a resumed run would draw other
+RIRs). Babble files are each scaled to unit RMS
 before summing, and the sum is mixed at the babble SNR (the reference mixes
 every babble file at its own SNR). The reference meant babble + music but
 applied music only; ``music_only_for_babble_music=True`` reproduces that.
@@ -19,7 +23,8 @@ import logging
 
 import soundfile
 import torch
-from speechbrain.augment.time_domain import AddNoise, AddReverb
+from speechbrain.augment.time_domain import AddNoise
+from speechbrain.processing.signal_processing import reverberate
 from torch import nn
 
 from speechbrain_ext.audio import read_audio, wrap_pad
@@ -91,6 +96,59 @@ class RandomFileNoise:
         return torch.stack(rows).to(waveforms)
 
 
+class RandomFileReverb(nn.Module):
+    """Reverberation with a random RIR file per utterance.
+
+    SpeechBrain's ``reverberate`` convolves (keeping the direct path
+    aligned and the average amplitude, as ``AddReverb`` does); the RIR is
+    drawn with torch's random generator, so a seeded caller gets the same
+    RIR whatever came before.
+
+    Arguments
+    ---------
+    files : list of str
+        RIR audio files.
+    sample_rate : int
+        Expected sample rate.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "rir.wav")
+    >>> rir = np.zeros(400, "float32"); rir[[10, 200]] = [1.0, 0.3]
+    >>> soundfile.write(path, rir, 16000)
+    >>> RandomFileReverb([path])(torch.randn(2, 1000)).shape
+    torch.Size([2, 1000])
+    """
+
+    def __init__(self, files, sample_rate=16000):
+        super().__init__()
+        self.files = list(files)
+        self.sample_rate = sample_rate
+
+    def forward(self, waveforms):
+        """Reverberate each row with its own random RIR.
+
+        Arguments
+        ---------
+        waveforms : torch.Tensor
+            ``[batch, samples]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, samples]``.
+        """
+        rows = []
+        for row in waveforms:
+            pick = int(torch.randint(0, len(self.files), ()).item())
+            rir = read_audio(self.files[pick], self.sample_rate).to(row)
+            rows.append(
+                reverberate(row[None, :, None], rir[None, :, None], "avg")
+            )
+        return torch.cat(rows).squeeze(-1)
+
+
 class SixWayAugment(nn.Module):
     """Apply one of the six reference augmentations to each utterance.
 
@@ -145,7 +203,7 @@ class SixWayAugment(nn.Module):
         if noise_files:
             self.ops["noise"] = self._add_noise(noise_files, noise_snr)
         if rir_csv:
-            self.ops["reverb"] = AddReverb(rir_csv)
+            self.ops["reverb"] = RandomFileReverb(read_csv_files(rir_csv))
         self.enabled = bool(self.ops)
 
     @staticmethod

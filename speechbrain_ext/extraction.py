@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from speechbrain_ext.audio import (
+    WAVLM_MIN_SAMPLES,
     audio_frames,
     evenly_spaced_crops,
     read_audio,
@@ -153,11 +154,12 @@ class _Crops(torch.utils.data.Dataset):
         return torch.tensor(batch), torch.cat(crops), None
 
 
-def audio_lengths(paths, max_samples=None):
+def audio_lengths(paths, max_samples=None, min_samples=WAVLM_MIN_SAMPLES):
     """Number of samples of each file (capped), from the file headers.
 
-    Files that are not 16 kHz mono, empty or unreadable are refused here,
-    before any extraction starts.
+    Files that are not 16 kHz mono, empty, shorter than ``min_samples`` (by
+    default WavLM's receptive field) or unreadable are refused here, before
+    any extraction starts.
 
     Arguments
     ---------
@@ -165,6 +167,8 @@ def audio_lengths(paths, max_samples=None):
         Audio files.
     max_samples : int, optional
         Cap applied to each length.
+    min_samples : int
+        Fewest samples a file may have.
 
     Returns
     -------
@@ -180,7 +184,7 @@ def audio_lengths(paths, max_samples=None):
     """
     lengths = []
     for path in paths:
-        frames = audio_frames(path)
+        frames = audio_frames(path, min_samples=min_samples)
         lengths.append(
             frames if max_samples is None else min(frames, max_samples)
         )
@@ -267,7 +271,7 @@ def embed_full_utterances(
     >>> import os, tempfile, soundfile
     >>> folder = tempfile.mkdtemp()
     >>> paths = [os.path.join(folder, f"{n}.wav") for n in (1, 2)]
-    >>> soundfile.write(paths[0], np.full(300, 0.5, "float32"), 16000)
+    >>> soundfile.write(paths[0], np.full(450, 0.5, "float32"), 16000)
     >>> soundfile.write(paths[1], np.full(500, 0.25, "float32"), 16000)
     >>> class Mean(torch.nn.Module):  # mean over the valid samples
     ...     def forward(self, wavs, lens):
@@ -362,7 +366,8 @@ def embed_in_shards(
     finished shard is saved atomically to ``shard_folder/shard_NNNNN.pt``
     with its keys and ``fingerprint``. A rerun reuses every shard whose keys
     and fingerprint match, so a killed extraction of 1.1 M files resumes
-    where it stopped.
+    where it stopped. The folder appears with the first finished shard:
+    bad input found before leaves nothing behind.
 
     Arguments
     ---------
@@ -387,7 +392,6 @@ def embed_in_shards(
     numpy.ndarray
         float32 ``[len(paths), D]``.
     """
-    os.makedirs(shard_folder, exist_ok=True)
     parts = []
     n_shards = -(-len(paths) // shard_size)
     for shard in range(n_shards):

@@ -25,11 +25,13 @@ same class.
 """
 
 import os
+import pickle
 
 import torch
 from speechbrain.inference.speaker import SpeakerRecognition
 
 from speechbrain_ext.checkpoints import check_exported_folder
+from speechbrain_ext.io_utils import load_error
 
 
 class PassThrough(torch.nn.Module):
@@ -101,10 +103,18 @@ class WavLMSpeakerVerification(SpeakerRecognition):
         ------
         FileNotFoundError
             One line naming the folder and the missing file(s).
+        UnsafeCheckpointError, CorruptFileError
+            One line naming the weights file, which is refused (never
+            executed) when it would need arbitrary code to unpickle.
         """
-        if _looks_local(source):
-            check_exported_folder(source)
-        return super().from_hparams(source, hparams_file, **kwargs)
+        if not _looks_local(source):
+            return super().from_hparams(source, hparams_file, **kwargs)
+        check_exported_folder(source)
+        try:
+            return super().from_hparams(source, hparams_file, **kwargs)
+        except pickle.UnpicklingError as error:
+            weights = os.path.join(source, "embedding_model.ckpt")
+            raise load_error(weights, error) from None
 
     @property
     def threshold(self):

@@ -3,13 +3,102 @@
 Every output of the recipe is written to a temporary file in the destination
 folder and renamed over the destination only once it is complete, so a failed
 or killed run never leaves a half-written file nor clobbers the last good one.
+A temporary file carries its writer's process id in its name
+(``.NAME.PID.RANDOM.tmp``); one whose writer is gone (killed, or the machine
+rebooted) is removed at the next start by :func:`remove_stale_temporaries`.
 """
 
 import contextlib
+import errno
 import os
+import pickletools
+import re
 import tempfile
+import zipfile
 
 import torch
+
+#: Name of a temporary file of :func:`atomic_path`: ``.NAME.PID.RANDOM.tmp``.
+TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+class OutputWriteError(OSError):
+    """Raised when an output cannot be written (disk full, permissions).
+
+    ``OutputWriteError(errno, message)``; its text is the message alone.
+    """
+
+    def __str__(self):
+        """The message, without the ``[Errno N]`` prefix."""
+        return self.strerror or super().__str__()
+
+
+def process_alive(pid):
+    """Whether a process with this id exists (on this machine).
+
+    Arguments
+    ---------
+    pid : int
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> process_alive(os.getpid())
+    True
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, recursive=False):
+    """Remove temporary files of :func:`atomic_path` whose writer is gone.
+
+    A file whose writing process still runs is left alone, so this is safe
+    while other processes write to the same folder.
+
+    Arguments
+    ---------
+    folder : str
+        Where to look.
+    recursive : bool
+        Also look in sub-folders.
+
+    Returns
+    -------
+    list of str
+        The removed files.
+
+    Example
+    -------
+    >>> folder = tempfile.mkdtemp()
+    >>> dead = os.path.join(folder, ".labels.txt.999999999.abc.tmp")
+    >>> mine = os.path.join(folder, f".labels.txt.{os.getpid()}.abc.tmp")
+    >>> for path in (dead, mine):
+    ...     open(path, "w").close()
+    >>> [os.path.basename(p) for p in remove_stale_temporaries(folder)]
+    ['.labels.txt.999999999.abc.tmp']
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    walk = os.walk(folder) if recursive else [next(os.walk(folder))]
+    for root, _, files in walk:
+        for name in files:
+            match = TEMPORARY_NAME.match(name)
+            if match and not process_alive(int(match.group(1))):
+                path = os.path.join(root, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    removed.append(path)
+    return removed
 
 
 def _current_umask():
@@ -33,6 +122,12 @@ def atomic_path(path):
         A path in the same folder to write to. It is renamed to ``path`` on
         success and removed on error.
 
+    Raises
+    ------
+    OutputWriteError
+        For any ``OSError`` while writing (disk full, permissions), with
+        one line naming ``path``.
+
     Example
     -------
     >>> import tempfile, os
@@ -45,19 +140,35 @@ def atomic_path(path):
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_current_umask())
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=folder,
+            prefix=f".{os.path.basename(path)}.{os.getpid()}.",
+            suffix=".tmp",
+        )
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    except BaseException as error:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        if isinstance(error, OSError) and not isinstance(
+            error, OutputWriteError
+        ):
+            raise _write_error(path, error) from None
         raise
+
+
+def _write_error(path, error):
+    """An :class:`OutputWriteError` naming ``path`` (disk full...)."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space; the previous file, if any, is kept)"
+    return OutputWriteError(error.errno, f"{path}: cannot write it: {reason}")
 
 
 @contextlib.contextmanager
@@ -158,14 +269,85 @@ def safe_torch_load(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for bad files
-        lines = str(error).strip().splitlines()
-        detail = lines[0] if lines else type(error).__name__
-        if "weights only load failed" in str(error).lower():
-            raise UnsafeCheckpointError(
-                f"{path}: refused, it cannot be loaded with weights_only=True "
-                f"and would need arbitrary code to unpickle ({detail})"
-            ) from None
-        raise CorruptFileError(
-            f"{path}: cannot be read as a torch file "
-            f"({type(error).__name__}: {detail})"
-        ) from None
+        raise load_error(path, error) from None
+
+
+def _pickle_opcodes(path):
+    """Opcode names of the pickle in ``path`` (a torch zip's ``data.pkl``).
+
+    Raises ``ValueError`` (or another error) when it is not a pickle.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if not names:
+                raise ValueError("no data.pkl")
+            data = archive.read(names[0])
+    else:
+        with open(path, "rb") as f:
+            data = f.read(64 * 2**20)
+    return {opcode.name for opcode, _, _ in pickletools.genops(data)}
+
+
+#: Pickle opcodes that import or call Python code when unpickled.
+CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE"}
+
+
+def load_error(path, error):
+    """The one-line error for a file ``torch.load`` could not read.
+
+    A pickle that names Python code (a class or function to import and
+    call) is :class:`UnsafeCheckpointError`; anything else (random bytes,
+    a truncated or foreign file) is :class:`CorruptFileError`.
+
+    Arguments
+    ---------
+    path : str
+        The file.
+    error : Exception
+        What ``torch.load(weights_only=True)`` raised.
+
+    Returns
+    -------
+    UnsafeCheckpointError or CorruptFileError
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "random.pt")
+    >>> _ = open(path, "wb").write(bytes(range(7, 200)))
+    >>> try:
+    ...     torch.load(path, weights_only=True)
+    ... except Exception as error:
+    ...     print(load_error(path, error))  # doctest: +ELLIPSIS
+    /...random.pt: not a torch file (unreadable as a checkpoint: ...)
+    """
+    text = str(error)
+    lines = text.strip().splitlines()
+    detail = lines[0] if lines else type(error).__name__
+    blocked = re.search(
+        r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.I
+    )
+    if blocked:
+        return UnsafeCheckpointError(
+            f"{path}: refused, loading it would run Python code "
+            f"({blocked.group(1)}); only plain tensors and numbers are "
+            "accepted (torch.load weights_only=True)"
+        )
+    if "weights only load failed" in text.lower():
+        try:
+            opcodes = _pickle_opcodes(path)
+        except Exception:  # not a pickle at all
+            opcodes = None
+        if opcodes is not None and opcodes & CODE_OPCODES:
+            return UnsafeCheckpointError(
+                f"{path}: refused, it is a pickle that would need arbitrary "
+                "code to unpickle; only plain tensors and numbers are "
+                "accepted (torch.load weights_only=True)"
+            )
+        detail = next(
+            (line.strip() for line in lines if "Unsupported" in line), detail
+        )
+    return CorruptFileError(
+        f"{path}: not a torch file (unreadable as a checkpoint: {detail})"
+    )

@@ -3,7 +3,9 @@
 Every stage runs for real with tiny sizes (a few steps each); the run is
 killed in the middle of the first fine-tuning round, then started again: it
 skips what was done, resumes the round and finishes; the exported model
-loads through SpeechBrain's pretrained interface.
+loads through SpeechBrain's pretrained interface. While the first run is
+alive a second one on the same folder is refused; killing the pipeline's
+process alone also ends the stage it started.
 """
 
 import json
@@ -80,6 +82,15 @@ def command(corpus, output):
     ]
 
 
+def alive(pid):
+    """Whether a process runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_pipeline_end_to_end_with_an_interruption(tiny_corpus, tmp_path):
     output = tmp_path / "out"
@@ -92,7 +103,30 @@ def test_pipeline_end_to_end_with_an_interruption(tiny_corpus, tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    # Kill everything in the middle of round 1, after its first checkpoint.
+    # While it runs, a second pipeline on the same folder is refused.
+    lock = output / ".lock"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if lock.exists() and lock.read_text().strip():
+            break
+        time.sleep(0.05)
+    second = subprocess.run(
+        command(tiny_corpus, output),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.poll() is None, "the first pipeline ended too early"
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"{output}: already in use by another run (PID {process.pid}, "
+        f"started {lock.read_text().split()[1]}); wait for it to end, stop "
+        "it, or choose another output folder"
+    )
+    # Kill the pipeline (its PID only) in the middle of round 1, after
+    # its first checkpoint: the stage it runs ends with it.
     log = output / "logs" / "round1.log"
     deadline = time.time() + 900
     while time.time() < deadline and process.poll() is None:
@@ -100,8 +134,19 @@ def test_pipeline_end_to_end_with_an_interruption(tiny_corpus, tmp_path):
             break
         time.sleep(0.05)
     assert process.poll() is None, "the pipeline ended before round 1"
-    os.killpg(process.pid, signal.SIGKILL)
+    stage_pids = [
+        int(pid)
+        for pid in open(f"/proc/{process.pid}/task/{process.pid}/children")
+        .read()
+        .split()
+    ]
+    assert stage_pids, "no stage process"
+    process.send_signal(signal.SIGKILL)
     process.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(alive(pid) for pid in stage_pids):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in stage_pids), "orphan stage"
     markers = output / "stages"
     assert (markers / "dino.json").exists()
     assert not (markers / "round1.json").exists()
@@ -116,6 +161,10 @@ def test_pipeline_end_to_end_with_an_interruption(tiny_corpus, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "stage dino: done, skipped" in result.stdout + result.stderr
+    assert "stage round1: running (resuming)" in result.stdout + result.stderr
+    assert "took over the lock left by a killed run" in (
+        result.stdout + result.stderr
+    )
     round1_log = log.read_text()
     assert round1_log.count("Going into epoch 1") == 1
     assert "Loading a checkpoint" in round1_log
