@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_broadcast, if_main_process
 from tqdm import tqdm
 
 from speechbrain_ext.audio import (
@@ -582,11 +582,13 @@ def evaluation_embeddings(
         "crop_samples": crop_samples,
         "max_samples": max_samples,
     }
-    cached = _load_cache(cache_path, settings)
-    position = {key: i for i, key in enumerate(cached["keys"])}
-    new = [key for key in keys if key not in position]
+    # Only the main process reads the cache (it may hold gigabytes); the
+    # others learn which files are new.
+    main = if_main_process()
+    cached = _load_cache(cache_path, settings) if main else None
+    new = ddp_broadcast(_missing(keys, cached) if main else None)
     if new:
-        if if_main_process():
+        if main:
             logger.info(
                 "embedding %d files (%d cached)",
                 len(new),
@@ -597,30 +599,32 @@ def evaluation_embeddings(
             [os.path.join(data_folder, key) for key in new],
             new,
             cache_path + ".shards",
-            json.dumps(settings, sort_keys=True),
-            n_crops,
-            crop_samples,
-            max_samples,
+            settings,
             crop_files_per_batch,
             shard_seconds,
-            progress and if_main_process(),
-            kwargs,
+            progress=progress and main,
+            **kwargs,
         )
-        if arrays is None:
-            return None, None
-        cached = {
-            "settings": settings,
-            "keys": cached["keys"] + new,
-            "full": _append(cached["full"], arrays["full"]),
-            "crops": _append(cached["crops"], arrays["crops"]),
-        }
-        atomic_torch_save(cached, cache_path)
-        shutil.rmtree(cache_path + ".shards", ignore_errors=True)
-        position = {key: i for i, key in enumerate(cached["keys"])}
-    if not if_main_process():
+        if main:
+            cached = {
+                "settings": settings,
+                "keys": cached["keys"] + new,
+                "full": _append(cached["full"], arrays["full"]),
+                "crops": _append(cached["crops"], arrays["crops"]),
+            }
+            atomic_torch_save(cached, cache_path)
+            shutil.rmtree(cache_path + ".shards", ignore_errors=True)
+    if not main:
         return None, None
+    position = {key: i for i, key in enumerate(cached["keys"])}
     rows = torch.tensor([position[key] for key in keys], dtype=torch.long)
     return cached["crops"][rows].numpy(), cached["full"][rows].numpy()
+
+
+def _missing(keys, cached):
+    """The keys not in the cache, in order."""
+    known = set(cached["keys"])
+    return [key for key in keys if key not in known]
 
 
 def _embed_new_files(
@@ -628,16 +632,15 @@ def _embed_new_files(
     paths,
     keys,
     shard_folder,
-    fingerprint,
-    n_crops,
-    crop_samples,
-    max_samples,
+    settings,
     crop_files_per_batch,
     shard_seconds,
     progress,
-    kwargs,
+    **kwargs,
 ):
     """Full and crop embeddings of ``paths`` through :func:`run_sharded`."""
+    n_crops, crop_samples = settings["n_crops"], settings["crop_samples"]
+    max_samples = settings["max_samples"]
     lengths = distributed_map(
         lambda part: audio_lengths(part, max_samples), paths, (AudioError,)
     )
@@ -671,7 +674,7 @@ def _embed_new_files(
         keys,
         [length + n_crops * crop_samples for length in lengths],
         shard_folder,
-        fingerprint,
+        json.dumps(settings, sort_keys=True),
         round(shard_seconds * SAMPLE_RATE),
         SAMPLE_RATE,
     )

@@ -346,7 +346,7 @@ def run_sharded(
     files = sum(len(shards[i]) for i in pending)
     hours = sum(shard_costs[i] for i in pending) / sample_rate / 3600
     logger.info(
-        "done: %d files (%.3f h of audio) in %.1f s with %d process(es): "
+        "done: %d files (%.4f h of audio) in %.2f s with %d process(es): "
         "%.2f files/s, %.4f audio h/s",
         files,
         hours,
