@@ -48,6 +48,7 @@ import speechbrain_ext.preflight  # noqa: F401
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -303,6 +304,38 @@ def _as_list(value):
     return list(value)
 
 
+def launcher_command(value):
+    """A ``launcher`` / ``train_launcher`` value as a list of arguments.
+
+    A list, or one string of shell-style words. Each list item is split
+    into words too: SpeechBrain's command-line parser turns a ``=`` inside
+    an override value into a space, so ``--launcher=[torchrun,
+    --nproc_per_node=2]`` arrives as ``["torchrun", "--nproc_per_node 2"]``.
+
+    Arguments
+    ---------
+    value : list, str or None
+
+    Returns
+    -------
+    list of str
+        Empty for None.
+
+    Example
+    -------
+    >>> launcher_command(["torchrun", "--nproc_per_node 2"])
+    ['torchrun', '--nproc_per_node', '2']
+    >>> launcher_command("torchrun --nproc_per_node=4")
+    ['torchrun', '--nproc_per_node=4']
+    >>> launcher_command(None)
+    []
+    """
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    return [word for item in items for word in shlex.split(str(item))]
+
+
 def launched_run_options(run_options):
     """Run options of a stage started by a launcher (one process per GPU).
 
@@ -348,8 +381,8 @@ def plan_stages(hparams, run_options=()):
     """
     out = hparams["output_folder"]
     python = [sys.executable]
-    parallel = _as_list(hparams["launcher"]) or python
-    train_launcher = _as_list(hparams["train_launcher"]) or parallel
+    parallel = launcher_command(hparams["launcher"]) or python
+    train_launcher = launcher_command(hparams["train_launcher"]) or parallel
     data = {"data_folder": hparams["data_folder"]}
     augmentation = {
         "noise_folder": hparams["noise_folder"],

@@ -180,6 +180,31 @@ def test_train_launcher_still_applies_to_training_alone(tmp_path):
         assert (stage.command[0] == "torchrun") == training, stage.name
 
 
+def test_launchers_given_on_the_command_line(tmp_path):
+    # SpeechBrain's parser turns "=" inside an override into a space.
+    argv = [
+        str(ROOT / "hparams" / "pipeline.yaml"),
+        f"--data_folder={tmp_path}",
+        f"--train_list={tmp_path / 'list.txt'}",
+        f"--trials={tmp_path / 'trials.txt'}",
+        f"--output_folder={tmp_path / 'out'}",
+        "--launcher=[torchrun, --nproc_per_node=2]",
+        "--train_launcher=torchrun --nproc_per_node=4 --rdzv_endpoint=h:29400",
+    ]
+    _, run_options, _, hparams = pipeline.load_hparams(argv)
+    stages = {s.name: s for s in pipeline.plan_stages(hparams, run_options)}
+    torchrun_2 = ["torchrun", "--nproc_per_node", "2"]
+    assert stages["embeddings_round1"].command[:3] == torchrun_2
+    assert stages["eval_round1"].command[:3] == torchrun_2
+    assert stages["round1"].command[:5] == [
+        "torchrun",
+        "--nproc_per_node",
+        "4",
+        "--rdzv_endpoint",
+        "h:29400",
+    ]
+
+
 def test_stage_selection_checks_names(tmp_path):
     stages = pipeline.plan_stages(hparams_for(tmp_path))
     reset, run = pipeline.select_stages(stages, None, "round2")
