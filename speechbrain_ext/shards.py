@@ -2,7 +2,8 @@
 
 Embedding extraction and evaluation embed every file of a list. Here the
 files (items) are sorted by cost (the number of samples the model reads)
-and cut into consecutive shards of at most ``shard_cost`` each. Shards
+and cut into consecutive shards of at most ``shard_cost`` each (smaller
+on a short list, so that there are at least :data:`MIN_SHARDS`). Shards
 depend only on the items and their costs, never on the number of
 processes, so a rerun with another number of processes reuses every
 finished shard. The pending shards are dealt to the processes by cost
@@ -45,6 +46,11 @@ from speechbrain_ext.io_utils import (
 
 logger = logging.getLogger(__name__)
 
+#: Fewest shards :func:`run_sharded` cuts a list into (when it has as many
+#: items), so that up to this many processes (8 nodes of 8 GPUs) all get
+#: work also on a small list.
+MIN_SHARDS = 64
+
 
 class NonFiniteError(ValueError):
     """Raised when the work gives non-finite values (names the item)."""
@@ -69,12 +75,14 @@ def process_rank():
     return 0, 1
 
 
-def plan_shards(costs, shard_cost):
+def plan_shards(costs, shard_cost, min_shards=1):
     """Cut the items, sorted by cost, into consecutive shards.
 
-    A shard holds at most ``shard_cost`` (a single costlier item gets a
-    shard of its own). Ties keep the input order, so the plan depends only
-    on ``costs`` and ``shard_cost``.
+    A shard holds at most ``shard_cost``, and at most ``1 / min_shards`` of
+    the total cost, rounded down (a single costlier item gets a shard of
+    its own). Ties
+    keep the input order, so the plan depends only on the arguments, never
+    on the number of processes.
 
     Arguments
     ---------
@@ -82,6 +90,9 @@ def plan_shards(costs, shard_cost):
         Cost of each item (samples the model reads).
     shard_cost : int
         Most cost per shard.
+    min_shards : int
+        Make shards small enough for at least this many (when there are
+        as many items), so that as many processes all get work.
 
     Returns
     -------
@@ -92,11 +103,15 @@ def plan_shards(costs, shard_cost):
     -------
     >>> plan_shards([10, 10, 10, 50], shard_cost=25)
     [[0, 1], [2], [3]]
+    >>> plan_shards([10, 10, 10, 50], shard_cost=25, min_shards=8)
+    [[0], [1], [2], [3]]
     >>> plan_shards([], shard_cost=25)
     []
     """
     if shard_cost <= 0:
         raise ValueError(f"shard cost must be positive, got {shard_cost}")
+    total = int(np.sum(costs, dtype=np.int64))
+    shard_cost = min(shard_cost, max(1, total // max(1, min_shards)))
     order = np.argsort(np.asarray(costs, dtype=np.int64), kind="stable")
     shards, current, total = [], [], 0
     for index in order.tolist():
@@ -268,6 +283,7 @@ def run_sharded(
     fingerprint,
     shard_cost,
     sample_rate=16000,
+    min_shards=MIN_SHARDS,
 ):
     """Run ``work`` over every item in shards, across every process.
 
@@ -293,6 +309,8 @@ def run_sharded(
         Most cost (samples) per shard.
     sample_rate : int
         Samples per second, to report audio hours.
+    min_shards : int
+        Fewest shards (see :func:`plan_shards`).
 
     Returns
     -------
@@ -310,7 +328,7 @@ def run_sharded(
     [[0.0], [2.0], [4.0]]
     """
     rank, world_size = process_rank()
-    shards = plan_shards(costs, shard_cost)
+    shards = plan_shards(costs, shard_cost, min_shards)
     shard_keys = [[keys[i] for i in positions] for positions in shards]
     shard_costs = [sum(costs[i] for i in positions) for positions in shards]
     done = run_on_main(_finished, args=[folder, shard_keys, fingerprint])

@@ -52,7 +52,13 @@ def main():
         return {"x": numbers[:, None].astype(np.float32) * 2}
 
     result = run_sharded(
-        work, KEYS, COSTS, os.path.join(args.folder, "shards"), "v1", SHARD_COST
+        work,
+        KEYS,
+        COSTS,
+        os.path.join(args.folder, "shards"),
+        "v1",
+        SHARD_COST,
+        min_shards=1,
     )
     if result is not None:
         atomic_torch_save(

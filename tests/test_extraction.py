@@ -25,7 +25,7 @@ from speechbrain_ext.extraction import (
     read_utterance_list,
     resolve_batch_size,
 )
-from speechbrain_ext.shards import plan_shards
+from speechbrain_ext.shards import MIN_SHARDS, plan_shards
 from speechbrain_ext.stage_utils import pick_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,8 @@ def test_shards_resume_and_recompute(tiny_model, paths, tmp_path, monkeypatch):
     keys = [f"k{i}" for i in range(len(paths))]
     folder = str(tmp_path / "shards")
     lengths = extraction.audio_lengths(paths)
-    # About 3 shards of the length-sorted files.
+    # At most a third of the audio per shard (fewer files on a list this
+    # short: MIN_SHARDS).
     shard_seconds = sum(lengths) / 16000 / 3
 
     def embed(fingerprint):
@@ -133,7 +134,7 @@ def test_shards_resume_and_recompute(tiny_model, paths, tmp_path, monkeypatch):
     np.testing.assert_allclose(
         first, one_at_a_time(tiny_model, paths), atol=1e-4, rtol=0
     )
-    shards = plan_shards(lengths, round(shard_seconds * 16000))
+    shards = plan_shards(lengths, round(shard_seconds * 16000), MIN_SHARDS)
     assert len(shards) >= 3
     assert sorted(os.listdir(folder)) == [
         f"shard_{i:05d}.pt" for i in range(len(shards))

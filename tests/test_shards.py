@@ -34,6 +34,20 @@ def test_plan_cuts_the_length_sorted_list_into_bounded_shards():
         plan_shards(costs, 0)
 
 
+def test_a_short_list_still_makes_enough_shards_for_many_processes():
+    # 10 h shards would hold all of these; at least 4 shards are wanted:
+    # each gets at most 10 // 4 = 2 of the 10 equal items.
+    assert plan_shards([1] * 10, 36000, min_shards=4) == [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+        [6, 7],
+        [8, 9],
+    ]
+    assert len(plan_shards([1] * 100, 36000, min_shards=64)) >= 64
+    assert len(plan_shards([5, 3], 36000, min_shards=64)) == 2
+
+
 def test_shares_are_balanced_by_duration_not_file_count():
     # 100 files of 1 s and 10 of 10 s: shards of 20 s hold 20 short or 2
     # long files; each of 2 processes gets 55 s of audio, not 55 files.
@@ -93,7 +107,9 @@ def test_run_sharded_returns_input_order_and_resumes(tmp_path):
     folder = str(tmp_path / "shards")
 
     def run(work, fingerprint="A"):
-        return run_sharded(work, keys, costs, folder, fingerprint, 10)
+        return run_sharded(
+            work, keys, costs, folder, fingerprint, 10, min_shards=1
+        )
 
     first_work = Recorder()
     result = run(first_work)
@@ -135,5 +151,5 @@ def test_a_shard_with_non_finite_values_is_not_saved(tmp_path):
 
     folder = tmp_path / "shards"
     with pytest.raises(NonFiniteError, match="b.wav: non-finite full"):
-        run_sharded(work, keys, [1, 1, 1], str(folder), "A", 10)
+        run_sharded(work, keys, [1, 1, 1], str(folder), "A", 10, min_shards=1)
     assert os.listdir(folder) == []
