@@ -5,15 +5,16 @@ item is its number times 2. Each process appends the positions of every
 shard it computes to ``LOG_FOLDER/rank<R>.txt`` (before saving it), and the
 main process saves the assembled result to ``FOLDER/result.pt``. With
 ``--die_rank R --die_at K`` process R kills itself (SIGKILL) when it starts
-its K-th shard.
+its K-th shard; with ``--slow_rank R`` process R takes a second per shard.
 
     torchrun --nproc_per_node=2 tests/shards_worker.py FOLDER LOG_FOLDER \\
-        [--die_rank 1 --die_at 2]
+        [--die_rank 1 --die_at 2] [--slow_rank 1]
 """
 
 import argparse
 import os
 import signal
+import time
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def main():
     parser.add_argument("log_folder")
     parser.add_argument("--die_rank", type=int, default=-1)
     parser.add_argument("--die_at", type=int, default=0)
+    parser.add_argument("--slow_rank", type=int, default=-1)
     args = parser.parse_args()
     ddp_init_group({"distributed_backend": "gloo"})
     rank, _ = process_rank()
@@ -45,6 +47,8 @@ def main():
         started.append(positions)
         if rank == args.die_rank and len(started) == args.die_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if rank == args.slow_rank:
+            time.sleep(1)
         log = os.path.join(args.log_folder, f"rank{rank}.txt")
         with open(log, "a", encoding="utf-8") as f:
             f.write(" ".join(map(str, positions)) + "\n")

@@ -67,3 +67,22 @@ def test_killed_process_and_rerun_with_another_process_count(
     assert sorted(computed) == sorted(set(range(len(shards))) - saved)
     result = safe_torch_load(folder / "result.pt")["x"][:, 0]
     assert torch.equal(result, torch.arange(len(KEYS), dtype=torch.float32) * 2)
+
+
+@pytest.mark.slow
+def test_the_main_process_waits_for_every_shard(tmp_path, torchrun):
+    # Rank 1 takes a second per shard: rank 0 is done long before it.
+    result = torchrun(
+        "tests/shards_worker.py",
+        2,
+        tmp_path / "run",
+        tmp_path / "log",
+        "--slow_rank=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = plan_shards(COSTS, SHARD_COST)
+    assert sorted(logged_shards(tmp_path / "log", shards)) == list(
+        range(len(shards))
+    )
+    values = safe_torch_load(tmp_path / "run" / "result.pt")["x"][:, 0]
+    assert torch.equal(values, torch.arange(len(KEYS), dtype=torch.float32) * 2)
