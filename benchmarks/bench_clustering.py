@@ -478,15 +478,15 @@ def main(argv=None):
         wall = report["wall_s"]
         print(
             "\n| full scale (ours) | generate | save | load | K-Means | AHC "
-            "| write | total | whole command | peak RSS GB | NMI | clusters |"
+            "| total | whole command | peak RSS GB | NMI | clusters |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         print(
             f"| {report['utterances']} x {report['dim']} "
             f"| {report['generate_s']:.0f} | {report['save_s']:.0f} "
             f"| {wall['load']:.0f} | {wall['kmeans']:.0f} "
-            f"| {wall['ahc']:.0f} | {wall['write']:.0f} "
-            f"| {wall['total']:.0f} | {report['command_s']:.0f} "
+            f"| {wall['ahc']:.0f} | {wall['total']:.0f} "
+            f"| {report['command_s']:.0f} "
             f"| {report['peak_rss_gb']:.2f} "
             f"| {report['NMI']:.4f} | {report['clusters']} |"
         )

@@ -198,6 +198,7 @@ def main(argv=None):
     examples = [
         {
             "id": str(i),
+            "path": f"{i}.wav",
             "clean": torch.randn(args.crop) * 0.1,
             "aug": torch.randn(args.crop) * 0.1,
             "ok": torch.tensor([True]),

@@ -194,7 +194,7 @@ def test_stage_script_writes_the_embeddings_file(
             f"--utterance_list={tiny_corpus['train_list']}",
             f"--model_source={save}",
             f"--output_file={output}",
-            "--shard_seconds=30",
+            "--shard_seconds=30.5",
         ]
     )
     keys, matrix = load_embeddings(output)
