@@ -174,7 +174,7 @@ def time_phase(brains, batch, epoch, threshold, repeats, device):
     }
 
 
-def main():
+def main(argv=None):
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="mid")
@@ -182,7 +182,7 @@ def main():
     parser.add_argument("--crop", type=int, default=48240)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -198,6 +198,7 @@ def main():
     examples = [
         {
             "id": str(i),
+            "path": f"{i}.wav",
             "clean": torch.randn(args.crop) * 0.1,
             "aug": torch.randn(args.crop) * 0.1,
             "ok": torch.tensor([True]),

@@ -10,10 +10,15 @@ cosine, and AS-norm of each when a cohort is given). Writes score files, a
 0.01, per method; the top-level keys are those of the first method) and a
 DET curve. Embeddings are cached per file, so re-scoring is fast.
 
+Several GPUs or nodes: start it with ``torchrun``; the files to embed are
+shared out in resumable shards (as in ``extract_embeddings.py``) and the
+first process scores and writes the outputs.
+
 To run::
 
     python recipes/evaluate.py hparams/evaluate.yaml --data_folder=WAVROOT \\
         --trials=veri_test2.txt --model_source=OUT/save --output_folder=EVAL
+    torchrun --nproc_per_node=4 recipes/evaluate.py hparams/evaluate.yaml ...
 """
 
 import speechbrain_ext.preflight  # noqa: F401
@@ -25,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.voxceleb import TrialListError
 from speechbrain_ext.checkpoints import (
@@ -111,8 +117,9 @@ def evaluate(hparams, device, progress=True):
 
     Returns
     -------
-    dict
-        The content of ``metrics.json``.
+    dict or None
+        The content of ``metrics.json`` (None on the processes other than
+        the main one under ``torchrun``).
     """
     methods = list(hparams["methods"])
     unknown = [m for m in methods if m not in METHODS]
@@ -136,7 +143,7 @@ def evaluate(hparams, device, progress=True):
         )
     model.to(device)
     output = hparams["output_folder"]
-    os.makedirs(output, exist_ok=True)
+    run_on_main(os.makedirs, args=[output], kwargs={"exist_ok": True})
 
     start = time.perf_counter()
     crops, full = evaluation_embeddings(
@@ -149,6 +156,7 @@ def evaluate(hparams, device, progress=True):
         crop_samples=hparams["crop_samples"],
         max_samples=hparams["max_samples"],
         crop_files_per_batch=hparams["crop_files_per_batch"],
+        shard_seconds=hparams["shard_seconds"],
         max_batch_size=hparams["max_batch_size"],
         max_batch_samples=hparams["max_batch_samples"],
         device=device,
@@ -156,6 +164,8 @@ def evaluate(hparams, device, progress=True):
         progress=progress,
     )
     embed_seconds = time.perf_counter() - start
+    if not if_main_process():
+        return None
 
     start = time.perf_counter()
     scores = score_methods(
@@ -226,7 +236,9 @@ def print_table(summary):
 
 def main(argv):
     """Run the stage from the command line (see the module docstring)."""
-    print_table(run_stage(argv, evaluate, INPUT_ERRORS))
+    summary = run_stage(argv, evaluate, INPUT_ERRORS, distributed=True)
+    if summary is not None:
+        print_table(summary)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,20 @@ written in the embeddings file format (``Dict[str, Tensor]``, keys relative
 to the wav root) atomically, with the fast-load cache beside it. Utterances
 are sorted by length into padded batches (the model ignores the padding,
 so the embeddings equal one-at-a-time extraction); work is saved in shards
-so an interrupted run over 1.1 M files resumes where it stopped.
+(``<output_file>.shards``) so an interrupted run over 1.1 M files resumes
+where it stopped.
+
+Several GPUs or nodes: start it with ``torchrun``. Each process embeds its
+share of the shards (balanced by audio duration), the first one writes the
+file; a rerun with any number of processes reuses every finished shard.
 
 To run::
 
     python recipes/extract_embeddings.py hparams/extract_embeddings.yaml \\
         --data_folder=WAVROOT --model_source=OUT/save --output_file=E.pt \\
         [--utterance_list=LIST] [--device=cuda:0]
+    torchrun --nproc_per_node=4 recipes/extract_embeddings.py \\
+        hparams/extract_embeddings.yaml ...   # one process per GPU
 """
 
 import speechbrain_ext.preflight  # noqa: F401
@@ -22,6 +29,8 @@ import logging
 import os
 import shutil
 import sys
+
+from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_ext.checkpoints import (
     load_embedding_model,
@@ -85,14 +94,16 @@ def extract(hparams, device, progress=True):
     Returns
     -------
     int
-        Number of utterances embedded.
+        Number of utterances embedded (every process returns it; only the
+        main one writes the file).
     """
     keys = list_utterances(hparams)
     model, origin = load_embedding_model(
         hparams["model_source"], hparams["embedding_model"]
     )
     model.to(device)
-    logger.info("%d utterances, model from %s", len(keys), origin)
+    if if_main_process():
+        logger.info("%d utterances, model from %s", len(keys), origin)
     shard_folder = hparams["output_file"] + ".shards"
     paths = [os.path.join(hparams["data_folder"], key) for key in keys]
     matrix = embed_in_shards(
@@ -100,7 +111,7 @@ def extract(hparams, device, progress=True):
         paths,
         keys,
         shard_folder,
-        shard_size=hparams["shard_size"],
+        shard_seconds=hparams["shard_seconds"],
         fingerprint=f"{weights_fingerprint(origin)}:{hparams['max_samples']}",
         max_samples=hparams["max_samples"],
         max_batch_size=hparams["max_batch_size"],
@@ -109,15 +120,16 @@ def extract(hparams, device, progress=True):
         num_workers=hparams["num_workers"],
         progress=progress,
     )
-    save_embeddings((keys, matrix), hparams["output_file"])
-    shutil.rmtree(shard_folder, ignore_errors=True)
-    logger.info("wrote %s (%d x %d)", hparams["output_file"], *matrix.shape)
+    if matrix is not None:
+        save_embeddings((keys, matrix), hparams["output_file"])
+        shutil.rmtree(shard_folder, ignore_errors=True)
+        logger.info("wrote %s (%d x %d)", hparams["output_file"], *matrix.shape)
     return len(keys)
 
 
 def main(argv):
     """Run the stage from the command line (see the module docstring)."""
-    run_stage(argv, extract, INPUT_ERRORS)
+    run_stage(argv, extract, INPUT_ERRORS, distributed=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ command and wall time); a re-run skips completed stages and re-runs an
 interrupted one, which resumes from its own checkpoints (the log says
 ``running (resuming)``). ``--rerun=[a,b]``
 deletes those stages' outputs (and marks every later stage as not done) and
-runs them again; ``--stages=[a,b]`` runs only those. At the end a summary
+runs them again; ``--stages=[a,b]`` runs only those. ``--launcher`` starts
+the training, embedding and evaluation stages (e.g. with ``torchrun``, one
+process per GPU); ``--train_launcher``, when given, overrides it for
+training. At the end a summary
 (stage, NMI of the pseudo-labels made from its embeddings, EER in percent,
 minDCF at P_target 0.01, wall time) is printed and written as
 ``summary.json``, ``summary.md`` and ``summary.png``.
@@ -36,6 +39,8 @@ To run::
         --train_list=LIST --trials=TRIALS --output_folder=OUT \\
         [--pretrained_wavlm=WavLM-Base+.pt]
     python recipes/pipeline.py hparams/demo.yaml   # built-in toy corpus
+    python recipes/pipeline.py hparams/pipeline.yaml ... \\
+        --launcher="[torchrun, --nproc_per_node=4]"   # 4 GPUs
 """
 
 import speechbrain_ext.preflight  # noqa: F401
@@ -43,6 +48,7 @@ import speechbrain_ext.preflight  # noqa: F401
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -298,6 +304,66 @@ def _as_list(value):
     return list(value)
 
 
+def launcher_command(value):
+    """A ``launcher`` / ``train_launcher`` value as a list of arguments.
+
+    A list, or one string of shell-style words. Each list item is split
+    into words too: SpeechBrain's command-line parser turns a ``=`` inside
+    an override value into a space, so ``--launcher=[torchrun,
+    --nproc_per_node=2]`` arrives as ``["torchrun", "--nproc_per_node 2"]``.
+
+    Arguments
+    ---------
+    value : list, str or None
+
+    Returns
+    -------
+    list of str
+        Empty for None.
+
+    Example
+    -------
+    >>> launcher_command(["torchrun", "--nproc_per_node 2"])
+    ['torchrun', '--nproc_per_node', '2']
+    >>> launcher_command("torchrun --nproc_per_node=4")
+    ['torchrun', '--nproc_per_node=4']
+    >>> launcher_command(None)
+    []
+    """
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    return [word for item in items for word in shlex.split(str(item))]
+
+
+def launched_run_options(run_options):
+    """Run options of a stage started by a launcher (one process per GPU).
+
+    A ``--device=cuda:N`` is left out: each ``torchrun`` process then takes
+    the GPU of its ``LOCAL_RANK`` instead of all sharing GPU N.
+
+    Arguments
+    ---------
+    run_options : sequence of str
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> launched_run_options(["--device=cuda:0", "--noprogressbar"])
+    ['--noprogressbar']
+    >>> launched_run_options(["--device=cpu"])
+    ['--device=cpu']
+    """
+    return [
+        option
+        for option in run_options
+        if not option.startswith("--device=cuda")
+    ]
+
+
 def plan_stages(hparams, run_options=()):
     """The stages of a run, in order, from the pipeline hparams.
 
@@ -315,7 +381,8 @@ def plan_stages(hparams, run_options=()):
     """
     out = hparams["output_folder"]
     python = [sys.executable]
-    train_launcher = _as_list(hparams["train_launcher"]) or python
+    parallel = launcher_command(hparams["launcher"]) or python
+    train_launcher = launcher_command(hparams["train_launcher"]) or parallel
     data = {"data_folder": hparams["data_folder"]}
     augmentation = {
         "noise_folder": hparams["noise_folder"],
@@ -326,11 +393,14 @@ def plan_stages(hparams, run_options=()):
 
     def add(name, launcher, script, hparams_file, overrides, row):
         """Append a stage running ``script`` with ``hparams_file``."""
+        options = list(run_options)
+        if launcher != python:
+            options = launched_run_options(options)
         command = (
             launcher
             + [os.path.join(ROOT, script), os.path.join(ROOT, hparams_file)]
             + format_overrides(overrides)
-            + list(run_options)
+            + options
         )
         stages.append(Stage(name, command, os.path.join(out, name), row))
 
@@ -358,7 +428,7 @@ def plan_stages(hparams, run_options=()):
         """Append the evaluation of a training stage's checkpoint."""
         add(
             f"eval_{source}",
-            python,
+            parallel,
             "recipes/evaluate.py",
             hparams["evaluate_hparams"],
             {
@@ -418,7 +488,7 @@ def plan_stages(hparams, run_options=()):
             embeddings = os.path.join(out, f"embeddings_{name}", "emb.pt")
             add(
                 f"embeddings_{name}",
-                python,
+                parallel,
                 "recipes/extract_embeddings.py",
                 hparams["extract_hparams"],
                 {

@@ -13,16 +13,20 @@ Example
 [[1, 3], [2, 0]]
 """
 
+import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
 import torch
+from speechbrain.utils.distributed import ddp_broadcast, if_main_process
 from tqdm import tqdm
 
 from speechbrain_ext.audio import (
     WAVLM_MIN_SAMPLES,
+    AudioError,
     audio_frames,
     evenly_spaced_crops,
     read_audio,
@@ -33,8 +37,12 @@ from speechbrain_ext.io_utils import (
     atomic_torch_save,
     safe_torch_load,
 )
+from speechbrain_ext.shards import distributed_map, run_sharded
 
 logger = logging.getLogger(__name__)
+
+#: Samples per second of every audio file the recipe reads.
+SAMPLE_RATE = 16000
 
 
 def resolve_batch_size(value, device, gpu_value):
@@ -356,18 +364,21 @@ def embed_in_shards(
     paths,
     keys,
     shard_folder,
-    shard_size=50_000,
+    shard_seconds=36_000,
     fingerprint="",
+    max_samples=700_000,
+    progress=True,
     **kwargs,
 ):
-    """:func:`embed_full_utterances` in resumable shards saved to disk.
+    """:func:`embed_full_utterances` over every process, in resumable shards.
 
-    The list is cut into consecutive shards of ``shard_size`` files; each
-    finished shard is saved atomically to ``shard_folder/shard_NNNNN.pt``
-    with its keys and ``fingerprint``. A rerun reuses every shard whose keys
-    and fingerprint match, so a killed extraction of 1.1 M files resumes
-    where it stopped. The folder appears with the first finished shard:
-    bad input found before leaves nothing behind.
+    The files, sorted by length, are cut into shards of at most
+    ``shard_seconds`` of audio, dealt to the ``torchrun`` processes (or all
+    run by this one) and saved to ``shard_folder`` as they finish; a rerun,
+    with any number of processes, reuses every shard whose keys and
+    ``fingerprint`` match (see :mod:`speechbrain_ext.shards`). The folder
+    appears with the first finished shard: bad input found before leaves
+    nothing behind. Every process must call it alike.
 
     Arguments
     ---------
@@ -379,58 +390,52 @@ def embed_in_shards(
         One key per file (stored in the shards to validate them).
     shard_folder : str
         Where shards are kept.
-    shard_size : int
-        Files per shard.
+    shard_seconds : float
+        Most audio per shard, in seconds (after the ``max_samples`` cap).
     fingerprint : str
         Identifies the model and settings; shards with another one are
         recomputed.
+    max_samples : int or None
+        Cap of each utterance (see :func:`embed_full_utterances`).
+    progress : bool
+        Show the batch progress bar (on the main process).
     **kwargs
         Passed to :func:`embed_full_utterances`.
 
     Returns
     -------
-    numpy.ndarray
-        float32 ``[len(paths), D]``.
+    numpy.ndarray or None
+        float32 ``[len(paths), D]`` in the order of ``paths`` on the main
+        process; None on the others.
     """
-    parts = []
-    n_shards = -(-len(paths) // shard_size)
-    for shard in range(n_shards):
-        span = slice(shard * shard_size, (shard + 1) * shard_size)
-        shard_keys = list(keys[span])
-        path = os.path.join(shard_folder, f"shard_{shard:05d}.pt")
-        done = _load_shard(path, shard_keys, fingerprint)
-        if done is None:
-            logger.info(
-                "shard %d/%d: %d files", shard + 1, n_shards, len(shard_keys)
-            )
-            done = embed_full_utterances(model, paths[span], **kwargs)
-            atomic_torch_save(
-                {
-                    "keys": shard_keys,
-                    "embeddings": torch.from_numpy(done),
-                    "fingerprint": fingerprint,
-                },
-                path,
-            )
-        else:
-            logger.info("shard %d/%d: reused %s", shard + 1, n_shards, path)
-        parts.append(done)
-    return np.concatenate(parts)
+    lengths = distributed_map(
+        lambda part: audio_lengths(part, max_samples), paths, (AudioError,)
+    )
+    show = progress and if_main_process()
 
+    def work(positions):
+        """Full-utterance embeddings of the files at ``positions``."""
+        return {
+            "full": embed_full_utterances(
+                model,
+                [paths[i] for i in positions],
+                max_samples=max_samples,
+                progress=show,
+                lengths=[lengths[i] for i in positions],
+                **kwargs,
+            )
+        }
 
-def _load_shard(path, keys, fingerprint):
-    """A finished shard's embeddings, or None if absent or not matching."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        shard = safe_torch_load(path)
-    except CorruptFileError as error:
-        logger.warning("recomputing a corrupt shard: %s", error)
-        return None
-    if shard.get("keys") != keys or shard.get("fingerprint") != fingerprint:
-        logger.warning("%s: other files or settings, recomputing it", path)
-        return None
-    return shard["embeddings"].numpy()
+    arrays = run_sharded(
+        work,
+        keys,
+        lengths,
+        shard_folder,
+        fingerprint,
+        round(shard_seconds * SAMPLE_RATE),
+        SAMPLE_RATE,
+    )
+    return None if arrays is None else arrays["full"]
 
 
 class UtteranceListError(ValueError):
@@ -523,6 +528,8 @@ def evaluation_embeddings(
     crop_samples=64_240,
     max_samples=700_000,
     crop_files_per_batch="auto",
+    shard_seconds=36_000,
+    progress=True,
     **kwargs,
 ):
     """Crop and full-utterance embeddings of files, cached on disk.
@@ -530,7 +537,11 @@ def evaluation_embeddings(
     The cache (one ``torch.save`` file) holds the keys, the embeddings and
     the settings they were made with; files already in a cache with the
     same settings are not recomputed, new ones are added (so evaluating
-    VoxCeleb1-O then -E reuses the work).
+    VoxCeleb1-O then -E reuses the work). New files are embedded over every
+    ``torchrun`` process in resumable shards (``<cache_path>.shards``, see
+    :func:`embed_in_shards`), balanced by the audio the model reads (the
+    capped utterance plus the crops); the main process writes the cache.
+    Every process must call it alike.
 
     Arguments
     ---------
@@ -550,16 +561,20 @@ def evaluation_embeddings(
         Cap of the full-utterance input.
     crop_files_per_batch : int or str
         Files per crop batch (see :func:`embed_crops`).
+    shard_seconds : float
+        Most model input (seconds of audio, crops included) per shard.
+    progress : bool
+        Show progress bars (on the main process).
     **kwargs
-        ``device``, ``num_workers``, ``progress`` and the batching options
-        of :func:`embed_full_utterances`.
+        ``device``, ``num_workers`` and the batching options of
+        :func:`embed_full_utterances`.
 
     Returns
     -------
-    crops : numpy.ndarray
-        ``[len(keys), n_crops, D]``.
-    full : numpy.ndarray
-        ``[len(keys), D]``.
+    crops : numpy.ndarray or None
+        ``[len(keys), n_crops, D]`` on the main process, None elsewhere.
+    full : numpy.ndarray or None
+        ``[len(keys), D]`` on the main process, None elsewhere.
     """
     settings = {
         "fingerprint": fingerprint,
@@ -567,38 +582,102 @@ def evaluation_embeddings(
         "crop_samples": crop_samples,
         "max_samples": max_samples,
     }
-    cached = _load_cache(cache_path, settings)
-    position = {key: i for i, key in enumerate(cached["keys"])}
-    new = [key for key in keys if key not in position]
+    # Only the main process reads the cache (it may hold gigabytes); the
+    # others learn which files are new.
+    main = if_main_process()
+    cached = _load_cache(cache_path, settings) if main else None
+    new = ddp_broadcast(_missing(keys, cached) if main else None)
     if new:
-        logger.info(
-            "embedding %d files (%d cached)", len(new), len(keys) - len(new)
-        )
-        paths = [os.path.join(data_folder, key) for key in new]
-        common = {
-            k: kwargs[k]
-            for k in ("device", "num_workers", "progress")
-            if k in kwargs
-        }
-        full = embed_full_utterances(model, paths, max_samples, **kwargs)
-        crops = embed_crops(
+        if main:
+            logger.info(
+                "embedding %d files (%d cached)",
+                len(new),
+                len(keys) - len(new),
+            )
+        arrays = _embed_new_files(
             model,
-            paths,
-            crop_samples,
-            n_crops,
+            [os.path.join(data_folder, key) for key in new],
+            new,
+            cache_path + ".shards",
+            settings,
             crop_files_per_batch,
-            **common,
+            shard_seconds,
+            progress=progress and main,
+            **kwargs,
         )
-        cached = {
-            "settings": settings,
-            "keys": cached["keys"] + new,
-            "full": _append(cached["full"], full),
-            "crops": _append(cached["crops"], crops),
-        }
-        atomic_torch_save(cached, cache_path)
-        position = {key: i for i, key in enumerate(cached["keys"])}
+        if main:
+            cached = {
+                "settings": settings,
+                "keys": cached["keys"] + new,
+                "full": _append(cached["full"], arrays["full"]),
+                "crops": _append(cached["crops"], arrays["crops"]),
+            }
+            atomic_torch_save(cached, cache_path)
+            shutil.rmtree(cache_path + ".shards", ignore_errors=True)
+    if not main:
+        return None, None
+    position = {key: i for i, key in enumerate(cached["keys"])}
     rows = torch.tensor([position[key] for key in keys], dtype=torch.long)
     return cached["crops"][rows].numpy(), cached["full"][rows].numpy()
+
+
+def _missing(keys, cached):
+    """The keys not in the cache, in order."""
+    known = set(cached["keys"])
+    return [key for key in keys if key not in known]
+
+
+def _embed_new_files(
+    model,
+    paths,
+    keys,
+    shard_folder,
+    settings,
+    crop_files_per_batch,
+    shard_seconds,
+    progress,
+    **kwargs,
+):
+    """Full and crop embeddings of ``paths`` through :func:`run_sharded`."""
+    n_crops, crop_samples = settings["n_crops"], settings["crop_samples"]
+    max_samples = settings["max_samples"]
+    lengths = distributed_map(
+        lambda part: audio_lengths(part, max_samples), paths, (AudioError,)
+    )
+    common = {k: kwargs[k] for k in ("device", "num_workers") if k in kwargs}
+
+    def work(positions):
+        """Both kinds of embeddings of the files at ``positions``."""
+        part = [paths[i] for i in positions]
+        return {
+            "full": embed_full_utterances(
+                model,
+                part,
+                max_samples,
+                progress=progress,
+                lengths=[lengths[i] for i in positions],
+                **kwargs,
+            ),
+            "crops": embed_crops(
+                model,
+                part,
+                crop_samples,
+                n_crops,
+                crop_files_per_batch,
+                progress=progress,
+                **common,
+            ),
+        }
+
+    return run_sharded(
+        work,
+        keys,
+        [length + n_crops * crop_samples for length in lengths],
+        shard_folder,
+        json.dumps(settings, sort_keys=True),
+        round(shard_seconds * SAMPLE_RATE),
+        SAMPLE_RATE,
+    )
 
 
 def _append(old, new):

@@ -17,7 +17,12 @@ import ruamel.yaml
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import (
+    ddp_init_group,
+    get_local_rank,
+    if_main_process,
+    is_distributed_initialized,
+)
 
 from speechbrain_ext.audio import AudioError
 from speechbrain_ext.checkpoints import CheckpointMismatchError
@@ -27,6 +32,7 @@ from speechbrain_ext.io_utils import (
     OutputWriteError,
     UnsafeCheckpointError,
 )
+from speechbrain_ext.shards import NonFiniteError
 from speechbrain_ext.wavlm import WavLMCheckpointError
 
 #: Bad-input errors of every stage that loads a model and reads audio.
@@ -35,6 +41,7 @@ MODEL_INPUT_ERRORS = (
     CheckpointMismatchError,
     CorruptFileError,
     FileNotFoundError,
+    NonFiniteError,
     OutputWriteError,
     UnsafeCheckpointError,
     WavLMCheckpointError,
@@ -243,7 +250,7 @@ def check_output_paths(hparams, keys=OUTPUT_KEYS):
                 sys.exit(f"--{key}={value}: cannot write there: {problem}")
 
 
-def load_stage_hparams(argv):
+def load_stage_hparams(argv, distributed=False):
     """Parse ``SCRIPT HPARAMS.yaml [--key=value ...]`` and load the hparams.
 
     A missing hparams file or ``!PLACEHOLDER``, an unknown, repeated or
@@ -255,6 +262,10 @@ def load_stage_hparams(argv):
     ---------
     argv : list of str
         Command-line arguments after the script name.
+    distributed : bool
+        Join the ``torchrun`` process group (SpeechBrain's
+        ``ddp_init_group``, between parsing and loading as in SpeechBrain
+        recipes); nothing happens outside ``torchrun``.
 
     Returns
     -------
@@ -265,6 +276,8 @@ def load_stage_hparams(argv):
     hparams : dict
     """
     hparams_file, run_opts, overrides = parse_stage_arguments(argv)
+    if distributed:
+        ddp_init_group(run_opts)
     check_output_paths(preview_hparams(hparams_file, overrides))
     try:
         with open(hparams_file, encoding="utf-8") as fin:
@@ -280,6 +293,10 @@ def load_stage_hparams(argv):
 def pick_device(device):
     """The device to run on: the one asked for, else CUDA when present.
 
+    Under ``torchrun``, a CUDA device means this process's own GPU,
+    ``cuda:LOCAL_RANK`` (so ``--device=cuda:0`` given to every process
+    still spreads them over the node's GPUs).
+
     Arguments
     ---------
     device : str or None
@@ -288,10 +305,18 @@ def pick_device(device):
     Returns
     -------
     str
+
+    Example
+    -------
+    >>> pick_device("cpu")
+    'cpu'
     """
-    if device:
-        return device
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if not device:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    local_rank = get_local_rank()
+    if local_rank is not None and device.startswith("cuda"):
+        return f"cuda:{local_rank}"
+    return device
 
 
 @contextlib.contextmanager
@@ -347,7 +372,7 @@ def error_line(error):
     return str(error)
 
 
-def run_stage(argv, stage, errors):
+def run_stage(argv, stage, errors, distributed=False):
     """Run ``stage(hparams, device, progress=...)`` from the command line.
 
     Loads the hparams of ``argv`` (see :func:`load_stage_hparams`), sets up
@@ -361,6 +386,9 @@ def run_stage(argv, stage, errors):
         The stage function.
     errors : tuple of type
         The exception classes that mean bad input.
+    distributed : bool
+        The stage supports ``torchrun``: join its process group first, and
+        leave it at the end.
 
     Returns
     -------
@@ -377,14 +405,17 @@ def run_stage(argv, stage, errors):
     ...     run_stage([path, "--size=4"], lambda h, d, progress: h["size"], ())
     4
     """
-    _, run_opts, _, hparams = load_stage_hparams(argv)
+    _, run_opts, _, hparams = load_stage_hparams(argv, distributed)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_input_errors(errors):
-        return stage(
+        result = stage(
             hparams,
             pick_device(run_opts.device),
             progress=not run_opts.noprogressbar,
         )
+    if distributed and is_distributed_initialized():
+        torch.distributed.destroy_process_group()
+    return result
 
 
 @contextlib.contextmanager

@@ -1,5 +1,11 @@
 """Shared pytest fixtures."""
 
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -42,3 +48,37 @@ def tiny_model():
     """
     torch.manual_seed(0)
     return build_architecture("tiny", 4, 8, 16).eval()
+
+
+@pytest.fixture
+def torchrun():
+    """Run a script under ``torchrun`` on CPU processes, one thread each.
+
+    Returns ``run(script, n_processes, *arguments)`` -> the finished
+    ``subprocess.CompletedProcess`` (text output captured), ``script``
+    relative to the repository root. SpeechBrain scripts also need
+    ``--distributed_backend=gloo`` among the arguments.
+    """
+    root = pathlib.Path(__file__).resolve().parents[1]
+
+    def run(script, n_processes, *arguments):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={n_processes}",
+                f"--master_port={port}",
+                str(root / script),
+                *map(str, arguments),
+            ],
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+
+    return run

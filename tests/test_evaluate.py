@@ -6,10 +6,12 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_ext import extraction
 from speechbrain_ext.embeddings_io import save_embeddings
+from speechbrain_ext.io_utils import safe_torch_load
 from speechbrain_ext.metrics import verification_metrics
 from speechbrain_ext.scoring import read_trials
 
@@ -155,3 +157,40 @@ def test_cohort_of_another_model_is_refused(
             monkeypatch,
         )
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_embeddings_and_scores_as_one(
+    tiny_corpus, checkpoint, tmp_path, monkeypatch, torchrun
+):
+    argv = [
+        f"--data_folder={tiny_corpus['data_folder']}",
+        f"--trials={tiny_corpus['trials']}",
+        f"--model_source={checkpoint}",
+        "--shard_seconds=20",
+    ]
+    evaluate(argv + [f"--output_folder={tmp_path / 'one'}"], monkeypatch)
+    result = torchrun(
+        "recipes/evaluate.py",
+        2,
+        "hparams/evaluate.yaml",
+        *TINY,
+        *argv,
+        f"--output_folder={tmp_path / 'two'}",
+        "--distributed_backend=gloo",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}/2: shard" in result.stderr
+    assert result.stdout.count("EER %") == 1, "only the main process scores"
+    one = safe_torch_load(tmp_path / "one" / "eval_embeddings.pt")
+    two = safe_torch_load(tmp_path / "two" / "eval_embeddings.pt")
+    assert two["keys"] == one["keys"]
+    # Same shards and batches, one thread per process: the same bits.
+    for name in ("full", "crops"):
+        assert torch.equal(two[name], one[name]), name
+    for name in ("scores.txt", "scores_cosine.txt"):
+        assert (tmp_path / "two" / name).read_text() == (
+            tmp_path / "one" / name
+        ).read_text()
+    assert not (tmp_path / "two" / "eval_embeddings.pt.shards").exists()

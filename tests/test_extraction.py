@@ -25,6 +25,8 @@ from speechbrain_ext.extraction import (
     read_utterance_list,
     resolve_batch_size,
 )
+from speechbrain_ext.shards import MIN_SHARDS, plan_shards
+from speechbrain_ext.stage_utils import pick_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
@@ -111,6 +113,10 @@ def test_crops_wrap_pad_short_audio(tiny_model, tmp_path):
 def test_shards_resume_and_recompute(tiny_model, paths, tmp_path, monkeypatch):
     keys = [f"k{i}" for i in range(len(paths))]
     folder = str(tmp_path / "shards")
+    lengths = extraction.audio_lengths(paths)
+    # At most a third of the audio per shard (fewer files on a list this
+    # short: MIN_SHARDS).
+    shard_seconds = sum(lengths) / 16000 / 3
 
     def embed(fingerprint):
         return embed_in_shards(
@@ -118,16 +124,20 @@ def test_shards_resume_and_recompute(tiny_model, paths, tmp_path, monkeypatch):
             paths,
             keys,
             folder,
-            shard_size=2,
+            shard_seconds=shard_seconds,
             fingerprint=fingerprint,
+            max_samples=None,
             progress=False,
         )
 
     first = embed("A")
+    np.testing.assert_allclose(
+        first, one_at_a_time(tiny_model, paths), atol=1e-4, rtol=0
+    )
+    shards = plan_shards(lengths, round(shard_seconds * 16000), MIN_SHARDS)
+    assert len(shards) >= 3
     assert sorted(os.listdir(folder)) == [
-        "shard_00000.pt",
-        "shard_00001.pt",
-        "shard_00002.pt",
+        f"shard_{i:05d}.pt" for i in range(len(shards))
     ]
     calls = []
     original = extraction.embed_full_utterances
@@ -144,11 +154,11 @@ def test_shards_resume_and_recompute(tiny_model, paths, tmp_path, monkeypatch):
     with open(last, "wb") as f:
         f.write(data[: len(data) // 2])
     resumed = embed("A")
-    assert calls == [2, 2]
+    assert sorted(calls) == sorted([len(shards[1]), len(shards[2])])
     assert np.array_equal(first, resumed)
     calls.clear()
     embed("B")
-    assert calls == [2, 2, 2]
+    assert sorted(calls) == sorted(len(shard) for shard in shards)
 
 
 def load_recipe(name):
@@ -184,7 +194,7 @@ def test_stage_script_writes_the_embeddings_file(
             f"--utterance_list={tiny_corpus['train_list']}",
             f"--model_source={save}",
             f"--output_file={output}",
-            "--shard_size=16",
+            "--shard_seconds=30.5",
         ]
     )
     keys, matrix = load_embeddings(output)
@@ -295,3 +305,77 @@ def test_utterance_list_rules(tmp_path):
     path.write_text("\n")
     with pytest.raises(ValueError, match="no utterances"):
         read_utterance_list(str(path))
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_file_as_one(
+    tiny_model, tiny_corpus, tmp_path, monkeypatch, torchrun
+):
+    monkeypatch.chdir(ROOT)
+    save = save_checkpoint(tiny_model, str(tmp_path / "train"))
+    common = TINY + [
+        f"--data_folder={tiny_corpus['data_folder']}",
+        f"--utterance_list={tiny_corpus['train_list']}",
+        f"--model_source={save}",
+        "--shard_seconds=20",
+    ]
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    run_script(common + [f"--output_file={one}"])
+    result = torchrun(
+        "recipes/extract_embeddings.py",
+        2,
+        "hparams/extract_embeddings.yaml",
+        *common,
+        f"--output_file={two}",
+        "--distributed_backend=gloo",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}/2: shard" in result.stderr
+    keys, single = load_embeddings(one, use_cache=False)
+    assert keys == read_utterance_list(tiny_corpus["train_list"])
+    keys_two, double = load_embeddings(two, use_cache=False)
+    assert keys_two == keys
+    # The same shards and batches, one thread per process: the same
+    # arithmetic, so the same bits.
+    assert np.array_equal(double, single)
+    assert not os.path.exists(str(two) + ".shards")
+
+
+@pytest.mark.slow
+def test_more_processes_than_files(
+    tiny_model, tiny_corpus, tmp_path, monkeypatch, torchrun
+):
+    monkeypatch.chdir(ROOT)
+    save = save_checkpoint(tiny_model, str(tmp_path / "train"))
+    key = read_utterance_list(tiny_corpus["train_list"])[5]
+    (tmp_path / "one.txt").write_text(f"spk {key}\n")
+    output = tmp_path / "emb.pt"
+    result = torchrun(
+        "recipes/extract_embeddings.py",
+        3,
+        "hparams/extract_embeddings.yaml",
+        *TINY,
+        f"--data_folder={tiny_corpus['data_folder']}",
+        f"--utterance_list={tmp_path / 'one.txt'}",
+        f"--model_source={save}",
+        f"--output_file={output}",
+        "--distributed_backend=gloo",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys, matrix = load_embeddings(output, use_cache=False)
+    assert keys == [key]
+    path = os.path.join(tiny_corpus["data_folder"], key)
+    np.testing.assert_allclose(
+        matrix, one_at_a_time(tiny_model, [path], 700_000), atol=1e-4, rtol=0
+    )
+
+
+def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert pick_device("cuda:1") == "cuda:1"
+    assert pick_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device("cuda:0") == "cuda:3"
+    assert pick_device("cuda") == "cuda:3"
+    assert pick_device("cpu") == "cpu"

@@ -137,6 +137,74 @@ def test_model_sizes_reach_every_model_stage(tmp_path):
     assert overrides == ['--wavlm_overrides={"a": 1}']
 
 
+LAUNCHED = ("round", "lmft", "eval_", "embeddings_")
+
+
+def test_launcher_starts_training_embedding_and_evaluation(tmp_path):
+    torchrun = ["torchrun", "--nproc_per_node=2"]
+    hparams = hparams_for(tmp_path, launcher=torchrun)
+    stages = pipeline.plan_stages(hparams, ["--device=cuda:0", "--debug"])
+    for stage in stages:
+        script = stage.command[2 if stage.name.startswith(LAUNCHED) else 1]
+        if stage.name.startswith(LAUNCHED):
+            assert stage.command[:2] == torchrun, stage.name
+            # Each torchrun process takes the GPU of its LOCAL_RANK.
+            assert stage.command[-1:] == ["--debug"], stage.name
+        else:
+            assert stage.command[0] == sys.executable, stage.name
+            assert stage.command[-2:] == ["--device=cuda:0", "--debug"]
+        assert script.endswith(".py"), stage.name
+    assert {s.name for s in stages if s.command[0] == "torchrun"} >= {
+        "round1",
+        "eval_round1",
+        "embeddings_round1",
+        "lmft",
+        "eval_lmft",
+    }
+
+
+def test_train_launcher_still_applies_to_training_alone(tmp_path):
+    hparams = hparams_for(
+        tmp_path,
+        launcher=["torchrun", "--nproc_per_node=4"],
+        train_launcher=["torchrun", "--nproc_per_node=2"],
+    )
+    for stage in pipeline.plan_stages(hparams):
+        if stage.name.startswith(("round", "lmft")):
+            assert stage.command[1] == "--nproc_per_node=2", stage.name
+        elif stage.name.startswith(("eval_", "embeddings_")):
+            assert stage.command[1] == "--nproc_per_node=4", stage.name
+    hparams = hparams_for(tmp_path, train_launcher=["torchrun"])
+    for stage in pipeline.plan_stages(hparams):
+        training = stage.name.startswith(("round", "lmft"))
+        assert (stage.command[0] == "torchrun") == training, stage.name
+
+
+def test_launchers_given_on_the_command_line(tmp_path):
+    # SpeechBrain's parser turns "=" inside an override into a space.
+    argv = [
+        str(ROOT / "hparams" / "pipeline.yaml"),
+        f"--data_folder={tmp_path}",
+        f"--train_list={tmp_path / 'list.txt'}",
+        f"--trials={tmp_path / 'trials.txt'}",
+        f"--output_folder={tmp_path / 'out'}",
+        "--launcher=[torchrun, --nproc_per_node=2]",
+        "--train_launcher=torchrun --nproc_per_node=4 --rdzv_endpoint=h:29400",
+    ]
+    _, run_options, _, hparams = pipeline.load_hparams(argv)
+    stages = {s.name: s for s in pipeline.plan_stages(hparams, run_options)}
+    torchrun_2 = ["torchrun", "--nproc_per_node", "2"]
+    assert stages["embeddings_round1"].command[:3] == torchrun_2
+    assert stages["eval_round1"].command[:3] == torchrun_2
+    assert stages["round1"].command[:5] == [
+        "torchrun",
+        "--nproc_per_node",
+        "4",
+        "--rdzv_endpoint",
+        "h:29400",
+    ]
+
+
 def test_stage_selection_checks_names(tmp_path):
     stages = pipeline.plan_stages(hparams_for(tmp_path))
     reset, run = pipeline.select_stages(stages, None, "round2")
