@@ -34,7 +34,7 @@ import shutil
 
 import torch
 from speechbrain.utils.checkpoints import METAFNAME, Checkpointer
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from speechbrain_ext.finite import check_recoverables
 from speechbrain_ext.io_utils import (
@@ -110,6 +110,11 @@ class AtomicCheckpointer(Checkpointer):
             if if_main_process() and self._pending is not None:
                 pending, final = self._pending
                 os.replace(pending, final)
+            # Every process must see the checkpoint complete before going
+            # on: SpeechBrain's delete_checkpoints lists the folder on each
+            # process and calls a collective per checkpoint to delete, so
+            # a process that listed it before the rename would deadlock.
+            ddp_barrier()
         except OSError as error:
             if self._pending is not None and if_main_process():
                 shutil.rmtree(self._pending[0].parent, ignore_errors=True)
