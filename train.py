@@ -31,6 +31,7 @@ import ruamel.yaml
 import soundfile
 import speechbrain as sb
 import torch
+import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
@@ -40,6 +41,7 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
+from speechbrain_ext.aam import log_cross_entropy
 from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.augment import build_augmenter
 from speechbrain_ext.io_utils import safe_torch_load
@@ -47,6 +49,11 @@ from speechbrain_ext.l2sp import L2SP, normalised_loss
 from speechbrain_ext.label_correction import correct_labels
 from speechbrain_ext.loss_gate import default_plot_path
 from speechbrain_ext.sampler import SpeakerBalancedBatchSampler
+from speechbrain_ext.training_diagnostics import (
+    EpochHistory,
+    label_diagnostics,
+    label_truth,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,16 @@ STAT_KEYS = (
     "ce_sum",
     "gated_loss_sum",
     "steps",
+    # Diagnostics against the true speakers (when the keys carry them):
+    # samples with a known speaker, kept / rejected ones whose pseudo-label
+    # is right (their speaker is the majority speaker of their class), and
+    # corrections that agree with the majority label of their speaker.
+    "known",
+    "kept_known",
+    "kept_right",
+    "rejected_right",
+    "corrected_known",
+    "corrected_agree",
 )
 
 
@@ -142,6 +159,31 @@ def freeze_wavlm(wavlm):
     return wavlm
 
 
+def describe_fit(gate):
+    """The gate fit of an epoch in words, for the epoch history.
+
+    Arguments
+    ---------
+    gate : dict
+        As returned by ``DynamicLossGate.end_epoch``.
+
+    Returns
+    -------
+    str or None
+        ``"ok"``, ``"degenerate (REASON)"``, or None when no fit was made.
+
+    Example
+    -------
+    >>> describe_fit({"fitted": True, "degenerate": None})
+    'ok'
+    """
+    if not gate["fitted"]:
+        return None
+    if gate["degenerate"]:
+        return f"degenerate ({gate['degenerate']})"
+    return "ok"
+
+
 def _unwrap(module):
     return module.module if hasattr(module, "module") else module
 
@@ -172,6 +214,7 @@ class PseudoLabelBrain(sb.core.Brain):
         wavlm = freeze_wavlm(self.modules.embedding_model.wavlm)
         self.l2sp = (L2SP(wavlm) if l2sp is None else l2sp).to(self.device)
         self.stats = EpochStats()
+        self.history = EpochHistory(self.hparams.epoch_stats_file)
         self.epoch = 0
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("epoch_stats", self.stats)
@@ -266,11 +309,16 @@ class PseudoLabelBrain(sb.core.Brain):
         hp = self.hparams
         labels = batch.label.data.reshape(-1).to(self.device)
         ok = batch.ok.data.reshape(-1).to(self.device)
-        ce = hp.aam_loss(cosine, labels)
-        gathered = self._gather(torch.stack([ce.detach(), ok.float()]))
-        ce_all, ok_all = gathered[0], gathered[1].bool()
-        log_ce = torch.log(ce.detach().clamp_min(1e-30))
-        log_ce_all = torch.log(ce_all.clamp_min(1e-30))
+        right = batch.label_right.data.reshape(-1).to(self.device)
+        logits = hp.aam_loss.logits(cosine, labels)
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        # Exact log(CE) in float64, finite also where the float32 CE is 0.
+        log_ce = log_cross_entropy(logits, labels)
+        gathered = self._gather(
+            torch.stack([ce.detach().double(), log_ce, ok.double(), right])
+        )
+        ce_all, log_ce_all = gathered[0].float(), gathered[1]
+        ok_all, right_all = gathered[2].bool(), gathered[3]
         keep = hp.loss_gate.keep_mask(log_ce, self.epoch) & ok
         keep_all = hp.loss_gate.keep_mask(log_ce_all, self.epoch) & ok_all
         hp.loss_gate.record(log_ce_all[ok_all])
@@ -278,33 +326,42 @@ class PseudoLabelBrain(sb.core.Brain):
         n_valid = ok_all.sum()
         kept_sum = (ce * keep).sum()
         kept_sum_all = (ce_all * keep_all).sum()
-        corrected = torch.zeros(2, device=self.device)
+        corrected = torch.zeros(4, device=self.device)
         if self.lc_active(self.epoch):
-            corrected_sum, n_corrected = self._corrected_loss(
-                cosine, batch, ok & ~keep
+            corrected_sum, lc_counts = self._corrected_loss(
+                logits, batch, ok & ~keep
             )
             kept_sum = kept_sum + corrected_sum
             corrected = self._all_sum(
-                torch.stack([corrected_sum.detach(), n_corrected])
+                torch.cat([corrected_sum.detach().reshape(1), lc_counts])
             )
             denominator = n_valid.clamp_min(1)
         else:
             denominator = keep_all.sum().clamp_min(1)
         loss = world * kept_sum / denominator
         global_loss = (kept_sum_all + corrected[0]) / denominator
+        known_all = ok_all & (right_all >= 0)
+        rejected_all = ok_all & ~keep_all
         # One device-to-host copy for all counters.
         counts = torch.stack(
             [
                 n_valid.float(),
                 keep_all.sum().float(),
-                (ok_all & ~keep_all).sum().float(),
+                rejected_all.sum().float(),
                 corrected[1],
                 (~ok_all).sum().float(),
                 (ce_all * ok_all).sum(),
                 global_loss.detach(),
+                known_all.sum().float(),
+                (known_all & keep_all).sum().float(),
+                (known_all & keep_all & (right_all == 1)).sum().float(),
+                (known_all & rejected_all & (right_all == 1)).sum().float(),
+                corrected[2],
+                corrected[3],
             ]
         ).tolist()
-        self.stats.add(**dict(zip(STAT_KEYS, counts)), steps=1)
+        keys = [key for key in STAT_KEYS if key != "steps"]
+        self.stats.add(**dict(zip(keys, counts)), steps=1)
         return normalised_loss(loss, scale=global_loss)
 
     def clean_embeddings(self, batch, index):
@@ -329,11 +386,25 @@ class PseudoLabelBrain(sb.core.Brain):
         with torch.no_grad():
             return model(clean)
 
-    def _corrected_loss(self, cosine, batch, rejected):
-        """CE against corrected labels of rejected, confident samples."""
+    def _corrected_loss(self, logits, batch, rejected):
+        """CE against corrected labels of rejected, confident samples.
+
+        As in the reference (``CE(output, label_LC)``), the CE is taken on
+        the same AAM logits as the main loss, whose margin sits at the
+        ORIGINAL label.
+
+        Returns
+        -------
+        loss_sum : torch.Tensor
+            Sum of the corrected samples' CE.
+        counts : torch.Tensor
+            ``[3]``: corrected samples, those whose true speaker is known,
+            and those whose new label is their speaker's majority label.
+        """
         zero = torch.zeros((), device=self.device)
+        counts = torch.zeros(3, device=self.device)
         if not bool(rejected.any()):
-            return zero, zero
+            return zero, counts
         hp = self.hparams
         index = rejected.nonzero().squeeze(1)
         clean_emb = self.clean_embeddings(batch, index)
@@ -342,10 +413,20 @@ class PseudoLabelBrain(sb.core.Brain):
             clean_emb, weight, hp.lc_temperature, hp.lc_min_prob
         )
         if not bool(confident.any()):
-            return zero, zero
+            return zero, counts
         rows = index[confident]
-        ce = hp.aam_loss(cosine[rows], new_labels[confident])
-        return ce.sum(), confident.sum().float()
+        new_labels = new_labels[confident]
+        ce = F.cross_entropy(logits[rows], new_labels, reduction="none")
+        majority = batch.speaker_label.data.reshape(-1).to(self.device)[rows]
+        known = majority >= 0
+        counts = torch.stack(
+            [
+                torch.tensor(float(len(rows)), device=self.device),
+                known.sum().float(),
+                (known & (new_labels == majority)).sum().float(),
+            ]
+        )
+        return ce.sum(), counts
 
     def fit_batch(self, batch):
         """One step; returns the mean CE of the batch for the progress bar.
@@ -401,6 +482,12 @@ class PseudoLabelBrain(sb.core.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
+    def on_fit_start(self):
+        """Recover the checkpoint; a run from scratch starts a new history."""
+        super().on_fit_start()
+        if self.hparams.epoch_counter.current == 0 and if_main_process():
+            self.history.reset()
+
     def on_stage_start(self, stage, epoch=None):
         """Remember the epoch.
 
@@ -429,7 +516,7 @@ class PseudoLabelBrain(sb.core.Brain):
         used = hp.loss_gate.threshold if hp.loss_gate.active(epoch) else None
         plot = default_plot_path(hp.plot_folder, epoch)
         gate = hp.loss_gate.end_epoch(
-            epoch, plot if if_main_process() else None
+            epoch, plot if if_main_process() else None, name=hp.run_name
         )
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.lr_scheduler.step()
@@ -450,6 +537,17 @@ class PseudoLabelBrain(sb.core.Brain):
         if gate["degenerate"]:
             reason = gate["degenerate"].replace(",", ";")
             train_stats["gate_fit"] = f"degenerate ({reason})"
+        diagnostics = {
+            "epoch": epoch,
+            "threshold": used,
+            "kept_fraction": counts["kept"] / samples,
+            "next_threshold": gate["threshold"],
+            "gate_fit": describe_fit(gate),
+            "corrected": int(counts["corrected"]),
+            **label_diagnostics(counts),
+        }
+        if if_main_process():
+            self.history.update(diagnostics)
         hp.train_logger.log_stats(
             stats_meta={
                 "epoch": epoch,
@@ -599,8 +697,19 @@ def dataio_prep(hparams, labels, paths):
     dataset : DynamicItemDataset
     sampler : SpeakerBalancedBatchSampler
     """
+    # Diagnostics only (never used in the loss): is each pseudo-label right,
+    # and what is the majority label of the true speaker (-1: unknown).
+    right, speaker_label = label_truth(
+        labels, [os.path.relpath(p, hparams["data_folder"]) for p in paths]
+    )
     data = {
-        str(i): {"idx": i, "path": p, "label": y}
+        str(i): {
+            "idx": i,
+            "path": p,
+            "label": y,
+            "label_right": float(right[i]),
+            "speaker_label": int(speaker_label[i]),
+        }
         for i, (p, y) in enumerate(zip(paths, labels))
     }
     dataset = sb.dataio.dataset.DynamicItemDataset(data)
@@ -609,6 +718,7 @@ def dataio_prep(hparams, labels, paths):
         hparams["batch_size"],
         hparams["max_per_speaker"],
         seed=hparams["seed"],
+        defer_repeats=hparams["defer_repeated_speakers"],
     )
     augmenter = build_augmenter(
         augmentation_csvs(augmentation_folder(hparams)),
@@ -626,7 +736,8 @@ def dataio_prep(hparams, labels, paths):
             torch.manual_seed(_step_seed(seed, sampler.epoch, idx))
             try:
                 frames = soundfile.info(path).frames
-                start = int(torch.randint(0, max(1, frames - crop + 1), ()))
+                # The reference's start: int(random() * (frames - crop)).
+                start = int(torch.randint(0, max(1, frames - crop), ()))
                 wav = read_audio(path, rate, start, min(frames, start + crop))
                 clean, ok = wrap_pad(wav, crop), True
             except (AudioError, soundfile.LibsndfileError, OSError) as error:
@@ -637,7 +748,9 @@ def dataio_prep(hparams, labels, paths):
             yield torch.tensor([ok])
 
     dataset.add_dynamic_item(audio_pipeline)
-    dataset.set_output_keys(["id", "clean", "aug", "ok", "label"])
+    dataset.set_output_keys(
+        ["id", "clean", "aug", "ok", "label", "label_right", "speaker_label"]
+    )
     return dataset, sampler
 
 

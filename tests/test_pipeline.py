@@ -210,11 +210,42 @@ def fake_outputs(stages, runner, tmp_path):
     for source, value in nmi.items():
         folder = by_name[f"pseudo_labels_{source}"].folder
         with open(os.path.join(folder, "labels.txt.json"), "w") as f:
-            json.dump({"NMI": value, "n_utterances": 48}, f)
+            json.dump({"NMI": value, "purity": value - 0.1}, f)
     for source in ("round1", "round2", "lmft"):
         folder = by_name[f"eval_{source}"].folder
+        methods = {"cosine": {"EER": eer[source] + 1}}
         with open(os.path.join(folder, "metrics.json"), "w") as f:
-            json.dump({"EER": eer[source], "minDCF_0.01": 0.5}, f)
+            json.dump(
+                {"EER": eer[source], "minDCF_0.01": 0.5, "methods": methods},
+                f,
+            )
+    epochs = [
+        {
+            "epoch": 1,
+            "threshold": None,
+            "kept_fraction": 1.0,
+            "kept_purity": 0.7,
+            "rejected_purity": None,
+            "corrected": 0,
+            "lc_agreement": None,
+            "gate_fit": "ok",
+            "next_threshold": 0.5,
+        },
+        {
+            "epoch": 2,
+            "threshold": 0.5,
+            "kept_fraction": 0.75,
+            "kept_purity": 0.8,
+            "rejected_purity": 0.4,
+            "corrected": 3,
+            "lc_agreement": 0.6,
+            "gate_fit": "degenerate (why)",
+        },
+    ]
+    with open(
+        os.path.join(by_name["round1"].folder, "epoch_stats.json"), "w"
+    ) as f:
+        json.dump(epochs, f)
     for stage in stages:
         runner.run(python_stage(tmp_path, stage.name, "pass", stage.row))
 
@@ -232,16 +263,26 @@ def test_summary_rows_json_markdown_and_plot(tmp_path):
         "lmft",
     ]
     assert [row["NMI"] for row in rows] == [0.8, 0.9, None, None]
+    assert rows[1]["purity"] == pytest.approx(0.8)
     assert [row["EER"] for row in rows] == [20.0, 10.0, 8.0, 7.5]
+    assert [row["EER_cosine"] for row in rows] == [20.0, 11.0, 9.0, 8.5]
+    assert [e["kept_fraction"] for e in rows[1]["epochs"]] == [1.0, 0.75]
+    assert "next_threshold" not in rows[1]["epochs"][0]
+    assert rows[2]["epochs"] is None
     assert rows[1]["minDCF_0.01"] == 0.5
     assert all(row["wall_s"] >= 0 for row in rows)
     table = pipeline.write_summary(rows, hparams["output_folder"])
     out = pathlib.Path(hparams["output_folder"])
     saved = json.loads((out / "summary.json").read_text())
     assert saved == rows
-    assert set(saved[0]) == {"stage", "NMI", "EER", "minDCF_0.01", "wall_s"}
+    assert set(saved[0]) == set(pipeline.SUMMARY_KEYS)
+    assert {"stage", "NMI", "EER", "minDCF_0.01", "wall_s"} <= set(saved[0])
     assert (out / "summary.md").read_text().strip() == table
-    assert "| round1 | 0.900 | 10.00 | 0.5000 |" in table
+    assert "| round1 | 0.900 | 0.800 | 10.00 | 11.00 | 0.5000 |" in table
+    assert (
+        "| round1 | 2 | 0.500 | 75.0 % | 0.800 | 0.400 | 3 | 0.600 | "
+        "degenerate (why) |" in table
+    )
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -213,7 +213,9 @@ def make_labels():
 
 def test_sampler_constraints():
     labels = make_labels()
-    sampler = SpeakerBalancedBatchSampler(labels, 12, max_per_speaker=20)
+    sampler = SpeakerBalancedBatchSampler(
+        labels, 12, max_per_speaker=20, defer_repeats=True
+    )
     sampler.set_epoch(3)
     batches = list(sampler)
     assert len(batches) == len(sampler) > 0
@@ -224,7 +226,8 @@ def test_sampler_constraints():
         assert len(set(labels[batch].tolist())) == 12
     counts = np.bincount(labels[seen], minlength=30)
     assert counts.max() <= 20
-    # Nearly everything selected is used (only the last batch is dropped).
+    # Deferring: nearly everything selected is used (only the last batch is
+    # dropped).
     available = np.minimum(np.bincount(labels), 20).sum()
     assert len(seen) >= available - 12 - 20
 
