@@ -7,6 +7,11 @@ the previous epoch (from ``gate_start_epoch``); label correction re-labels
 rejected samples from their clean view (from ``lc_start_epoch``); L2-SP keeps
 the transformer near its pre-trained weights.
 
+``encoder: ecapa`` fine-tunes stage 1's ECAPA-TDNN (started from the DINO
+checkpoint) instead of WavLM + MHFA, with the same loss, gate, label
+correction and L2-SP (towards the DINO weights): the iterative
+pseudo-labelling encoder for runs without a pre-trained WavLM.
+
 DDP: ``batch_size`` is the global batch. Every process takes an equal slice
 of each global batch; per-sample losses are gathered so the gate, the loss
 normalisation and the recorded losses are those of the global batch, and one
@@ -44,6 +49,7 @@ from data_prep.augmentation import augmentation_csvs, prepare_augmentation
 from speechbrain_ext.aam import log_cross_entropy
 from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.augment import build_augmenter
+from speechbrain_ext.ecapa_embedding import FbankECAPA
 from speechbrain_ext.io_utils import safe_torch_load
 from speechbrain_ext.l2sp import L2SP, normalised_loss
 from speechbrain_ext.label_correction import correct_labels
@@ -184,6 +190,73 @@ def describe_fit(gate):
     return "ok"
 
 
+def prepare_encoder(model):
+    """Freeze what a round does not train; return what L2-SP anchors.
+
+    WavLM + MHFA (the reference): only the transformer layers of WavLM (and
+    the MHFA) are trained, and L2-SP pulls the WavLM towards its pre-trained
+    weights. ECAPA-TDNN: the whole network is trained, and L2-SP pulls it
+    towards its stage-1 (DINO) weights.
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        Modified in place.
+
+    Returns
+    -------
+    torch.nn.Module
+        The module whose trainable weights L2-SP anchors.
+    """
+    if isinstance(model, FbankECAPA):
+        return model.backbone
+    return freeze_wavlm(model.wavlm)
+
+
+def parameter_groups(model, classifier, hparams):
+    """The optimiser's parameter groups (the reference's for WavLM + MHFA).
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        The embedding model.
+    classifier : torch.nn.Module
+        The AAM head.
+    hparams : namespace
+        ``lr_backend``, and ``lr_wavlm`` / ``llrd`` or ``lr_ecapa``.
+
+    Returns
+    -------
+    list of dict
+        MHFA + head at ``lr_backend``, then transformer layer ``i`` at
+        ``lr_wavlm * llrd**i``; for the ECAPA-TDNN, the head at
+        ``lr_backend`` and the ECAPA-TDNN at ``lr_ecapa``.
+    """
+    head = list(classifier.parameters())
+    if isinstance(model, FbankECAPA):
+        return [
+            {"params": head, "lr": hparams.lr_backend},
+            {
+                "params": list(model.backbone.parameters()),
+                "lr": hparams.lr_ecapa,
+            },
+        ]
+    groups = [
+        {
+            "params": list(model.mhfa.parameters()) + head,
+            "lr": hparams.lr_backend,
+        }
+    ]
+    for i, layer in enumerate(model.wavlm.transformer_layers()):
+        groups.append(
+            {
+                "params": list(layer.parameters()),
+                "lr": hparams.lr_wavlm * hparams.llrd**i,
+            }
+        )
+    return groups
+
+
 def _unwrap(module):
     return module.module if hasattr(module, "module") else module
 
@@ -195,24 +268,30 @@ def _step_seed(*key):
 class PseudoLabelBrain(sb.core.Brain):
     """Brain for pseudo-label fine-tuning (rounds and LMFT).
 
-    Expects ``modules`` ``embedding_model`` (WavLMMHFA) and ``classifier``
-    (CosineClassifier), and hparams ``aam_loss``, ``loss_gate``, the
-    learning rates and the gate/LC settings of ``hparams/round1.yaml``.
-    Only the MHFA, the head and the transformer layers are trained.
+    Expects ``modules`` ``embedding_model`` (WavLMMHFA, or FbankECAPA) and
+    ``classifier`` (CosineClassifier), and hparams ``aam_loss``,
+    ``loss_gate``, the learning rates and the gate/LC settings of
+    ``hparams/round1.yaml``. Only the MHFA, the head and the transformer
+    layers are trained (for the ECAPA-TDNN: all of it and the head).
 
     Arguments
     ---------
     l2sp : L2SP, optional
         The regulariser with its anchor weights; by default a snapshot of
-        the WavLM as given (call :func:`freeze_wavlm` first).
+        the encoder as given (see :func:`prepare_encoder`).
     **kwargs
         Passed to :class:`speechbrain.core.Brain`.
     """
 
     def __init__(self, l2sp=None, **kwargs):
         super().__init__(**kwargs)
-        wavlm = freeze_wavlm(self.modules.embedding_model.wavlm)
-        self.l2sp = (L2SP(wavlm) if l2sp is None else l2sp).to(self.device)
+        anchored = prepare_encoder(self.modules.embedding_model)
+        self.encoder_lr_name = (
+            "lr_ecapa"
+            if isinstance(self.modules.embedding_model, FbankECAPA)
+            else "lr_wavlm"
+        )
+        self.l2sp = (L2SP(anchored) if l2sp is None else l2sp).to(self.device)
         self.stats = EpochStats()
         self.history = EpochHistory(self.hparams.epoch_stats_file)
         self.epoch = 0
@@ -451,7 +530,7 @@ class PseudoLabelBrain(sb.core.Brain):
         """Add the L2-SP gradient, then step (every accumulation cycle)."""
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.l2sp.add_gradient(
-            _unwrap(self.modules.embedding_model).wavlm,
+            prepare_encoder(_unwrap(self.modules.embedding_model)),
             self.hparams.l2sp_weight,
             self.hparams.l2sp_eps,
             grad_scale=scale,
@@ -461,18 +540,11 @@ class PseudoLabelBrain(sb.core.Brain):
     def init_optimizers(self):
         """AdamW with the reference's parameter groups and the LR decay."""
         hp = self.hparams
-        model = _unwrap(self.modules.embedding_model)
-        backend = list(model.mhfa.parameters()) + list(
-            _unwrap(self.modules.classifier).parameters()
+        groups = parameter_groups(
+            _unwrap(self.modules.embedding_model),
+            _unwrap(self.modules.classifier),
+            hp,
         )
-        groups = [{"params": backend, "lr": hp.lr_backend}]
-        for i, layer in enumerate(model.wavlm.transformer_layers()):
-            groups.append(
-                {
-                    "params": list(layer.parameters()),
-                    "lr": hp.lr_wavlm * hp.llrd**i,
-                }
-            )
         self.optimizer = self.opt_class(groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
         self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(
@@ -552,7 +624,7 @@ class PseudoLabelBrain(sb.core.Brain):
             stats_meta={
                 "epoch": epoch,
                 "lr_backend": lrs[0],
-                "lr_wavlm": lrs[1] if len(lrs) > 1 else 0.0,
+                self.encoder_lr_name: lrs[1] if len(lrs) > 1 else 0.0,
             },
             train_stats=train_stats,
         )
@@ -858,9 +930,9 @@ def main(argv):
             "sample_rate": hparams["sample_rate"],
         },
     )
-    # The L2-SP anchor is the pre-trained WavLM, also when LMFT starts from
-    # a round's fine-tuned weights.
-    l2sp = L2SP(freeze_wavlm(hparams["embedding_model"].wavlm))
+    # The L2-SP anchor is the pre-trained WavLM (stage 1's DINO weights for
+    # the ECAPA encoder), also when LMFT starts from a round's weights.
+    l2sp = L2SP(prepare_encoder(hparams["embedding_model"]))
     if hparams["init_from"]:
         used = init_from_checkpoint(
             hparams["init_from"],

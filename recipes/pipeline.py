@@ -383,6 +383,13 @@ def plan_stages(hparams, run_options=()):
         "n_classes": hparams["n_pseudo_speakers"],
         **model,
     }
+    if model.get("encoder") == "ecapa":
+        # Every round (and LMFT's L2-SP anchor) starts from stage 1's
+        # network, as the reference restarts from the pre-trained WavLM.
+        training["dino_checkpoint"] = os.path.join(dino, "save")
+        training["dino_network"] = hparams["dino_overrides"].get(
+            "extract_network", "teacher"
+        )
     for index in range(1, n_rounds + 1):
         name = f"round{index}"
         add(
@@ -763,6 +770,14 @@ def load_hparams(argv):
 def main(argv):
     """Run the pipeline from the command line (see the module docstring)."""
     hparams_file, run_options, overrides, hparams = load_hparams(argv)
+    if hparams["model"].get("encoder") == "ecapa" and (
+        hparams["external_embeddings"] or hparams["pretrained_wavlm"]
+    ):
+        sys.exit(
+            f"{hparams_file}: model.encoder=ecapa fine-tunes the built-in "
+            "stage 1's network: it needs neither external_embeddings nor "
+            "pretrained_wavlm (use model.encoder=wavlm with them)"
+        )
     if hparams["noprogressbar"] and "--noprogressbar" not in run_options:
         run_options.append("--noprogressbar")
     out = hparams["output_folder"]
