@@ -208,9 +208,25 @@ def prepare_encoder(model):
     torch.nn.Module
         The module whose trainable weights L2-SP anchors.
     """
-    if isinstance(model, FbankECAPA):
-        return model.backbone
-    return freeze_wavlm(model.wavlm)
+    if not isinstance(model, FbankECAPA):
+        freeze_wavlm(model.wavlm)
+    return anchored_module(model)
+
+
+def anchored_module(model):
+    """The part of the embedding model that L2-SP anchors.
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        The embedding model.
+
+    Returns
+    -------
+    torch.nn.Module
+        The WavLM, or the ECAPA-TDNN.
+    """
+    return model.backbone if isinstance(model, FbankECAPA) else model.wavlm
 
 
 def parameter_groups(model, classifier, hparams):
@@ -462,8 +478,18 @@ class PseudoLabelBrain(sb.core.Brain):
         """
         clean = batch.clean.data[index.cpu()].to(self.device)
         model = _unwrap(self.modules.embedding_model)
-        with torch.no_grad():
-            return model(clean)
+        # WavLM runs in training mode, as in the reference. The ECAPA-TDNN
+        # has batch norms: a few rejected clean crops would both normalise
+        # each other and move the running statistics, so it runs in eval.
+        ecapa = isinstance(model, FbankECAPA) and model.training
+        if ecapa:
+            model.eval()
+        try:
+            with torch.no_grad():
+                return model(clean)
+        finally:
+            if ecapa:
+                model.train()
 
     def _corrected_loss(self, logits, batch, rejected):
         """CE against corrected labels of rejected, confident samples.
@@ -530,7 +556,7 @@ class PseudoLabelBrain(sb.core.Brain):
         """Add the L2-SP gradient, then step (every accumulation cycle)."""
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.l2sp.add_gradient(
-            prepare_encoder(_unwrap(self.modules.embedding_model)),
+            anchored_module(_unwrap(self.modules.embedding_model)),
             self.hparams.l2sp_weight,
             self.hparams.l2sp_eps,
             grad_scale=scale,
@@ -826,7 +852,7 @@ def dataio_prep(hparams, labels, paths):
     return dataset, sampler
 
 
-def init_from_checkpoint(path, embedding_model, classifier):
+def init_from_checkpoint(path, embedding_model, classifier=None):
     """Load ``embedding_model`` and ``classifier`` from a round's checkpoint.
 
     Arguments
@@ -836,8 +862,9 @@ def init_from_checkpoint(path, embedding_model, classifier):
         checkpoint is used).
     embedding_model : torch.nn.Module
         Receives ``embedding_model.ckpt``.
-    classifier : torch.nn.Module
-        Receives ``classifier.ckpt`` (same number of classes).
+    classifier : torch.nn.Module, optional
+        Receives ``classifier.ckpt`` (same number of classes); None leaves
+        the head as it is (a new round's classes are new).
 
     Returns
     -------
@@ -852,10 +879,11 @@ def init_from_checkpoint(path, embedding_model, classifier):
         if ckpt is None:
             raise FileNotFoundError(f"{path}: no training checkpoint found")
         folder = str(ckpt.path)
-    for name, module in (("embedding_model", embedding_model),):
-        module.load_state_dict(
-            safe_torch_load(os.path.join(folder, f"{name}.ckpt"))
-        )
+    embedding_model.load_state_dict(
+        safe_torch_load(os.path.join(folder, "embedding_model.ckpt"))
+    )
+    if classifier is None:
+        return folder
     state = safe_torch_load(os.path.join(folder, "classifier.ckpt"))
     if state["weight"].shape != classifier.weight.shape:
         raise ValueError(
@@ -932,6 +960,11 @@ def main(argv):
     )
     # The L2-SP anchor is the pre-trained WavLM (stage 1's DINO weights for
     # the ECAPA encoder), also when LMFT starts from a round's weights.
+    if hparams["init_encoder_from"]:
+        used = init_from_checkpoint(
+            hparams["init_encoder_from"], hparams["embedding_model"]
+        )
+        logger.info("Encoder initialised from %s", used)
     l2sp = L2SP(prepare_encoder(hparams["embedding_model"]))
     if hparams["init_from"]:
         used = init_from_checkpoint(

@@ -180,7 +180,7 @@ def through_channel(wav, channel, rng):
     Returns
     -------
     numpy.ndarray
-        float32, same length rounded down to whole frames.
+        float32, up to 6 STFT hops shorter (whole frames only).
     """
     hop = synthetic.HOP
     n_frames = max(1, len(wav) // hop - 3)

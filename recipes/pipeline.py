@@ -402,6 +402,11 @@ def plan_stages(hparams, run_options=()):
                 "train_list": labels,
                 "output_folder": os.path.join(out, name),
                 "run_name": name,
+                "init_encoder_from": os.path.join(
+                    out, f"round{index - 1}", "save"
+                )
+                if hparams["continue_rounds"] and index > 1
+                else None,
                 **hparams["round_overrides"],
             },
             name,

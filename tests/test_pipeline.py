@@ -137,6 +137,42 @@ def test_model_sizes_reach_every_model_stage(tmp_path):
     assert overrides == ['--wavlm_overrides={"a": 1}']
 
 
+def test_ecapa_encoder_rounds_start_from_stage_1(tmp_path):
+    hparams = hparams_for(tmp_path, name="demo.yaml")
+    assert hparams["model"]["encoder"] == "ecapa"
+    stages = {s.name: s for s in pipeline.plan_stages(hparams)}
+    dino_save = str(tmp_path / "out" / "dino" / "save")
+    for name in ("round1", "round2", "lmft"):
+        found = options(stages[name])
+        assert found["dino_checkpoint"] == dino_save
+        assert found["dino_network"] == "student"  # demo's extract_network
+        assert found["encoder"] == "ecapa"
+        assert json.loads(found["ecapa"])["channels"] == [32, 32, 32, 32, 96]
+    for name in ("eval_round1", "embeddings_round1", "export"):
+        assert options(stages[name])["encoder"] == "ecapa"
+    # The reference's rounds restart from the pre-trained weights ...
+    assert options(stages["round2"])["init_encoder_from"] == "null"
+    # ... continue_rounds starts round N from round N-1.
+    hparams = hparams_for(tmp_path, name="demo.yaml", continue_rounds=True)
+    stages = {s.name: s for s in pipeline.plan_stages(hparams)}
+    assert options(stages["round1"])["init_encoder_from"] == "null"
+    assert options(stages["round2"])["init_encoder_from"] == str(
+        tmp_path / "out" / "round1" / "save"
+    )
+
+
+def test_ecapa_encoder_refuses_external_embeddings(tmp_path):
+    with pytest.raises(SystemExit, match="model.encoder=ecapa"):
+        pipeline.main(
+            [
+                str(ROOT / "hparams" / "demo.yaml"),
+                f"--output_folder={tmp_path / 'out'}",
+                "--external_embeddings=E.pt",
+            ]
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage_selection_checks_names(tmp_path):
     stages = pipeline.plan_stages(hparams_for(tmp_path))
     reset, run = pipeline.select_stages(stages, None, "round2")
