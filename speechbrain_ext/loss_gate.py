@@ -18,7 +18,10 @@ A fit is *degenerate* when it gives no usable threshold (too few values, a
 single value, no crossing between the means) or when its threshold would
 keep less than ``min_kept_fraction`` of the epoch's samples. The gate then
 keeps the previous threshold (none before the first good fit), logs a
-WARNING and marks the plot. The floor, 30 % by default, follows from what
+WARNING and marks the plot; should the previous threshold itself keep less
+than the floor of the epoch's samples (the losses moved up), the gate is
+switched off until the next good fit. The floor, 30 % by default, follows
+from what
 the gate is for: it removes the *minority* of samples whose pseudo-label is
 wrong, relying on the low-loss component being the correctly labelled
 majority, so a sound fit keeps about half of the samples or more (purity of
@@ -429,8 +432,9 @@ class DynamicLossGate:
 
         As in the reference, the mixture is only fitted when the next epoch
         uses it (``epoch + 1 >= start_epoch``); before that the plot shows
-        the histogram alone. A degenerate fit keeps the previous threshold,
-        logs a WARNING with the reason and is marked on the plot.
+        the histogram alone. A degenerate fit keeps the previous threshold
+        (dropped when it keeps less than the floor of this epoch's
+        samples), logs a WARNING with the reason and is marked on the plot.
 
         Arguments
         ---------
@@ -470,16 +474,7 @@ class DynamicLossGate:
             if reason is None:
                 self.threshold, self.mixture = candidate, mixture
             else:
-                logger.warning(
-                    "Loss gate, %sepoch %d: degenerate fit (%s); keeping the "
-                    "previous threshold %s",
-                    f"{name}, " if name else "",
-                    epoch,
-                    reason,
-                    "(none)"
-                    if self.threshold is None
-                    else f"{self.threshold:.4f}",
-                )
+                self._keep_previous(log_losses, epoch, reason, name)
         if plot_path is not None and log_losses.size:
             plot_gate(
                 log_losses,
@@ -499,6 +494,34 @@ class DynamicLossGate:
             "kept_fraction": kept_fraction(log_losses, self.threshold),
             "degenerate": reason,
         }
+
+    def _keep_previous(self, log_losses, epoch, reason, name):
+        """After a degenerate fit: keep the previous threshold, or drop it.
+
+        The floor holds for the threshold in use too: one that now keeps
+        less than the floor of this epoch's samples (the losses moved up) is
+        dropped until the next good fit.
+        """
+        previous = self.threshold
+        kept = kept_fraction(log_losses, previous)
+        if previous is None:
+            outcome = "no threshold yet"
+        elif kept < self.min_kept_fraction:
+            self.threshold, self.mixture = None, None
+            outcome = (
+                f"the previous threshold {previous:.4f} keeps only "
+                f"{kept:.1%} of this epoch's samples: gate off until the "
+                "next good fit"
+            )
+        else:
+            outcome = f"keeping the previous threshold {previous:.4f}"
+        logger.warning(
+            "Loss gate, %sepoch %d: degenerate fit (%s); %s",
+            f"{name}, " if name else "",
+            epoch,
+            reason,
+            outcome,
+        )
 
     @mark_as_saver
     def save(self, path):

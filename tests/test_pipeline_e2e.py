@@ -23,6 +23,14 @@ TINY = {
     "n_rounds": 2,
     "n_kmeans_clusters": 16,
     "n_pseudo_speakers": 8,
+    # The demo's rounds fine-tune stage 1's network: the same sizes.
+    "ecapa_sizes": {
+        "n_mels": 40,
+        "channels": [16, 16, 16, 16, 48],
+        "attention_channels": 8,
+        "se_channels": 8,
+    },
+    "embedding_size": 16,
     "dino_overrides": {
         "n_mels": 40,
         "channels": [16, 16, 16, 16, 48],

@@ -136,10 +136,17 @@ def test_gate_keeps_previous_threshold_on_degenerate_fit(tmp_path, caplog):
         True,
         False,
     ]
-    gate.record(torch.ones(50))
+    gate.record(torch.full((50,), first - 1.0))
     info = gate.end_epoch(2)
     assert "equal" in info["degenerate"] and gate.threshold == first
-    assert "degenerate fit" in caplog.text
+    assert "keeping the previous threshold" in caplog.text
+    # A previous threshold that keeps less than the floor of the epoch's
+    # samples is dropped: the gate is off until the next good fit.
+    gate.record(torch.full((50,), first + 1.0))
+    info = gate.end_epoch(3)
+    assert "equal" in info["degenerate"] and gate.threshold is None
+    assert info["kept_fraction"] == 1.0
+    assert "gate off until the next good fit" in caplog.text
 
 
 def test_gate_checkpoint_round_trip(tmp_path):
