@@ -7,6 +7,11 @@ the previous epoch (from ``gate_start_epoch``); label correction re-labels
 rejected samples from their clean view (from ``lc_start_epoch``); L2-SP keeps
 the transformer near its pre-trained weights.
 
+``encoder: ecapa`` fine-tunes stage 1's ECAPA-TDNN (started from the DINO
+checkpoint) instead of WavLM + MHFA, with the same loss, gate, label
+correction and L2-SP (towards the DINO weights): the iterative
+pseudo-labelling encoder for runs without a pre-trained WavLM.
+
 DDP: ``batch_size`` is the global batch. Every process takes an equal slice
 of each global batch; per-sample losses are gathered so the gate, the loss
 normalisation and the recorded losses are those of the global batch, and one
@@ -30,6 +35,7 @@ import sys
 import soundfile
 import speechbrain as sb
 import torch
+import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
@@ -39,9 +45,11 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
+from speechbrain_ext.aam import log_cross_entropy
 from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.augment import build_augmenter
 from speechbrain_ext.checkpoints import CheckpointNotFoundError, load_state
+from speechbrain_ext.ecapa_embedding import FbankECAPA
 from speechbrain_ext.finite import stop_on_nonfinite_loss
 from speechbrain_ext.io_utils import safe_torch_load
 from speechbrain_ext.l2sp import L2SP, normalised_loss
@@ -57,6 +65,11 @@ from speechbrain_ext.stage_utils import (
     preview_hparams,
     removed_on_failure,
 )
+from speechbrain_ext.training_diagnostics import (
+    EpochHistory,
+    label_diagnostics,
+    label_truth,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +82,16 @@ STAT_KEYS = (
     "ce_sum",
     "gated_loss_sum",
     "steps",
+    # Diagnostics against the true speakers (when the keys carry them):
+    # samples with a known speaker, kept / rejected ones whose pseudo-label
+    # is right (their speaker is the majority speaker of their class), and
+    # corrections that agree with the majority label of their speaker.
+    "known",
+    "kept_known",
+    "kept_right",
+    "rejected_right",
+    "corrected_known",
+    "corrected_agree",
 )
 
 
@@ -155,6 +178,114 @@ def freeze_wavlm(wavlm):
     return wavlm
 
 
+def describe_fit(gate):
+    """The gate fit of an epoch in words, for the epoch history.
+
+    Arguments
+    ---------
+    gate : dict
+        As returned by ``DynamicLossGate.end_epoch``.
+
+    Returns
+    -------
+    str or None
+        ``"ok"``, ``"degenerate (REASON)"``, or None when no fit was made.
+
+    Example
+    -------
+    >>> describe_fit({"fitted": True, "degenerate": None})
+    'ok'
+    """
+    if not gate["fitted"]:
+        return None
+    if gate["degenerate"]:
+        return f"degenerate ({gate['degenerate']})"
+    return "ok"
+
+
+def prepare_encoder(model):
+    """Freeze what a round does not train; return what L2-SP anchors.
+
+    WavLM + MHFA (the reference): only the transformer layers of WavLM (and
+    the MHFA) are trained, and L2-SP pulls the WavLM towards its pre-trained
+    weights. ECAPA-TDNN: the whole network is trained, and L2-SP pulls it
+    towards its stage-1 (DINO) weights.
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        Modified in place.
+
+    Returns
+    -------
+    torch.nn.Module
+        The module whose trainable weights L2-SP anchors.
+    """
+    if not isinstance(model, FbankECAPA):
+        freeze_wavlm(model.wavlm)
+    return anchored_module(model)
+
+
+def anchored_module(model):
+    """The part of the embedding model that L2-SP anchors.
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        The embedding model.
+
+    Returns
+    -------
+    torch.nn.Module
+        The WavLM, or the ECAPA-TDNN.
+    """
+    return model.backbone if isinstance(model, FbankECAPA) else model.wavlm
+
+
+def parameter_groups(model, classifier, hparams):
+    """The optimiser's parameter groups (the reference's for WavLM + MHFA).
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        The embedding model.
+    classifier : torch.nn.Module
+        The AAM head.
+    hparams : namespace
+        ``lr_backend``, and ``lr_wavlm`` / ``llrd`` or ``lr_ecapa``.
+
+    Returns
+    -------
+    list of dict
+        MHFA + head at ``lr_backend``, then transformer layer ``i`` at
+        ``lr_wavlm * llrd**i``; for the ECAPA-TDNN, the head at
+        ``lr_backend`` and the ECAPA-TDNN at ``lr_ecapa``.
+    """
+    head = list(classifier.parameters())
+    if isinstance(model, FbankECAPA):
+        return [
+            {"params": head, "lr": hparams.lr_backend},
+            {
+                "params": list(model.backbone.parameters()),
+                "lr": hparams.lr_ecapa,
+            },
+        ]
+    groups = [
+        {
+            "params": list(model.mhfa.parameters()) + head,
+            "lr": hparams.lr_backend,
+        }
+    ]
+    for i, layer in enumerate(model.wavlm.transformer_layers()):
+        groups.append(
+            {
+                "params": list(layer.parameters()),
+                "lr": hparams.lr_wavlm * hparams.llrd**i,
+            }
+        )
+    return groups
+
+
 def _unwrap(module):
     return module.module if hasattr(module, "module") else module
 
@@ -162,25 +293,32 @@ def _unwrap(module):
 class PseudoLabelBrain(sb.core.Brain):
     """Brain for pseudo-label fine-tuning (rounds and LMFT).
 
-    Expects ``modules`` ``embedding_model`` (WavLMMHFA) and ``classifier``
-    (CosineClassifier), and hparams ``aam_loss``, ``loss_gate``, the
-    learning rates and the gate/LC settings of ``hparams/round1.yaml``.
-    Only the MHFA, the head and the transformer layers are trained.
+    Expects ``modules`` ``embedding_model`` (WavLMMHFA, or FbankECAPA) and
+    ``classifier`` (CosineClassifier), and hparams ``aam_loss``,
+    ``loss_gate``, the learning rates and the gate/LC settings of
+    ``hparams/round1.yaml``. Only the MHFA, the head and the transformer
+    layers are trained (for the ECAPA-TDNN: all of it and the head).
 
     Arguments
     ---------
     l2sp : L2SP, optional
         The regulariser with its anchor weights; by default a snapshot of
-        the WavLM as given (call :func:`freeze_wavlm` first).
+        the encoder as given (see :func:`prepare_encoder`).
     **kwargs
         Passed to :class:`speechbrain.core.Brain`.
     """
 
     def __init__(self, l2sp=None, **kwargs):
         super().__init__(**kwargs)
-        wavlm = freeze_wavlm(self.modules.embedding_model.wavlm)
-        self.l2sp = (L2SP(wavlm) if l2sp is None else l2sp).to(self.device)
+        anchored = prepare_encoder(self.modules.embedding_model)
+        self.encoder_lr_name = (
+            "lr_ecapa"
+            if isinstance(self.modules.embedding_model, FbankECAPA)
+            else "lr_wavlm"
+        )
+        self.l2sp = (L2SP(anchored) if l2sp is None else l2sp).to(self.device)
         self.stats = EpochStats()
+        self.history = EpochHistory(self.hparams.epoch_stats_file)
         self.epoch = 0
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("epoch_stats", self.stats)
@@ -293,11 +431,16 @@ class PseudoLabelBrain(sb.core.Brain):
         hp = self.hparams
         labels = batch.label.data.reshape(-1).to(self.device)
         ok = batch.ok.data.reshape(-1).to(self.device)
-        ce = hp.aam_loss(cosine, labels)
-        gathered = self._gather(torch.stack([ce.detach(), ok.float()]))
-        ce_all, ok_all = gathered[0], gathered[1].bool()
-        log_ce = torch.log(ce.detach().clamp_min(1e-30))
-        log_ce_all = torch.log(ce_all.clamp_min(1e-30))
+        right = batch.label_right.data.reshape(-1).to(self.device)
+        logits = hp.aam_loss.logits(cosine, labels)
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        # Exact log(CE) in float64, finite also where the float32 CE is 0.
+        log_ce = log_cross_entropy(logits, labels)
+        gathered = self._gather(
+            torch.stack([ce.detach().double(), log_ce, ok.double(), right])
+        )
+        ce_all, log_ce_all = gathered[0].float(), gathered[1]
+        ok_all, right_all = gathered[2].bool(), gathered[3]
         keep = hp.loss_gate.keep_mask(log_ce, self.epoch) & ok
         keep_all = hp.loss_gate.keep_mask(log_ce_all, self.epoch) & ok_all
         hp.loss_gate.record(log_ce_all[ok_all])
@@ -305,33 +448,42 @@ class PseudoLabelBrain(sb.core.Brain):
         n_valid = ok_all.sum()
         kept_sum = (ce * keep).sum()
         kept_sum_all = (ce_all * keep_all).sum()
-        corrected = torch.zeros(2, device=self.device)
+        corrected = torch.zeros(4, device=self.device)
         if self.lc_active(self.epoch):
-            corrected_sum, n_corrected = self._corrected_loss(
-                cosine, batch, ok & ~keep
+            corrected_sum, lc_counts = self._corrected_loss(
+                logits, batch, ok & ~keep
             )
             kept_sum = kept_sum + corrected_sum
             corrected = self._all_sum(
-                torch.stack([corrected_sum.detach(), n_corrected])
+                torch.cat([corrected_sum.detach().reshape(1), lc_counts])
             )
             denominator = n_valid.clamp_min(1)
         else:
             denominator = keep_all.sum().clamp_min(1)
         loss = world * kept_sum / denominator
         global_loss = (kept_sum_all + corrected[0]) / denominator
+        known_all = ok_all & (right_all >= 0)
+        rejected_all = ok_all & ~keep_all
         # One device-to-host copy for all counters.
         counts = torch.stack(
             [
                 n_valid.float(),
                 keep_all.sum().float(),
-                (ok_all & ~keep_all).sum().float(),
+                rejected_all.sum().float(),
                 corrected[1],
                 (~ok_all).sum().float(),
                 (ce_all * ok_all).sum(),
                 global_loss.detach(),
+                known_all.sum().float(),
+                (known_all & keep_all).sum().float(),
+                (known_all & keep_all & (right_all == 1)).sum().float(),
+                (known_all & rejected_all & (right_all == 1)).sum().float(),
+                corrected[2],
+                corrected[3],
             ]
         ).tolist()
-        self.stats.add(**dict(zip(STAT_KEYS, counts)), steps=1)
+        keys = [key for key in STAT_KEYS if key != "steps"]
+        self.stats.add(**dict(zip(keys, counts)), steps=1)
         return normalised_loss(loss, scale=global_loss)
 
     def clean_embeddings(self, batch, index):
@@ -353,14 +505,38 @@ class PseudoLabelBrain(sb.core.Brain):
         """
         clean = batch.clean.data[index.cpu()].to(self.device)
         model = _unwrap(self.modules.embedding_model)
-        with torch.no_grad():
-            return model(clean)
+        # WavLM runs in training mode, as in the reference. The ECAPA-TDNN
+        # has batch norms: a few rejected clean crops would both normalise
+        # each other and move the running statistics, so it runs in eval.
+        ecapa = isinstance(model, FbankECAPA) and model.training
+        if ecapa:
+            model.eval()
+        try:
+            with torch.no_grad():
+                return model(clean)
+        finally:
+            if ecapa:
+                model.train()
 
-    def _corrected_loss(self, cosine, batch, rejected):
-        """CE against corrected labels of rejected, confident samples."""
+    def _corrected_loss(self, logits, batch, rejected):
+        """CE against corrected labels of rejected, confident samples.
+
+        As in the reference (``CE(output, label_LC)``), the CE is taken on
+        the same AAM logits as the main loss, whose margin sits at the
+        ORIGINAL label.
+
+        Returns
+        -------
+        loss_sum : torch.Tensor
+            Sum of the corrected samples' CE.
+        counts : torch.Tensor
+            ``[3]``: corrected samples, those whose true speaker is known,
+            and those whose new label is their speaker's majority label.
+        """
         zero = torch.zeros((), device=self.device)
+        counts = torch.zeros(3, device=self.device)
         if not bool(rejected.any()):
-            return zero, zero
+            return zero, counts
         hp = self.hparams
         index = rejected.nonzero().squeeze(1)
         clean_emb = self.clean_embeddings(batch, index)
@@ -369,10 +545,20 @@ class PseudoLabelBrain(sb.core.Brain):
             clean_emb, weight, hp.lc_temperature, hp.lc_min_prob
         )
         if not bool(confident.any()):
-            return zero, zero
+            return zero, counts
         rows = index[confident]
-        ce = hp.aam_loss(cosine[rows], new_labels[confident])
-        return ce.sum(), confident.sum().float()
+        new_labels = new_labels[confident]
+        ce = F.cross_entropy(logits[rows], new_labels, reduction="none")
+        majority = batch.speaker_label.data.reshape(-1).to(self.device)[rows]
+        known = majority >= 0
+        counts = torch.stack(
+            [
+                torch.tensor(float(len(rows)), device=self.device),
+                known.sum().float(),
+                (known & (new_labels == majority)).sum().float(),
+            ]
+        )
+        return ce.sum(), counts
 
     def fit_batch(self, batch):
         """One step; returns the mean CE of the batch for the progress bar.
@@ -397,7 +583,7 @@ class PseudoLabelBrain(sb.core.Brain):
         """Add the L2-SP gradient, then step (every accumulation cycle)."""
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.l2sp.add_gradient(
-            _unwrap(self.modules.embedding_model).wavlm,
+            anchored_module(_unwrap(self.modules.embedding_model)),
             self.hparams.l2sp_weight,
             self.hparams.l2sp_eps,
             grad_scale=scale,
@@ -407,18 +593,11 @@ class PseudoLabelBrain(sb.core.Brain):
     def init_optimizers(self):
         """AdamW with the reference's parameter groups and the LR decay."""
         hp = self.hparams
-        model = _unwrap(self.modules.embedding_model)
-        backend = list(model.mhfa.parameters()) + list(
-            _unwrap(self.modules.classifier).parameters()
+        groups = parameter_groups(
+            _unwrap(self.modules.embedding_model),
+            _unwrap(self.modules.classifier),
+            hp,
         )
-        groups = [{"params": backend, "lr": hp.lr_backend}]
-        for i, layer in enumerate(model.wavlm.transformer_layers()):
-            groups.append(
-                {
-                    "params": list(layer.parameters()),
-                    "lr": hp.lr_wavlm * hp.llrd**i,
-                }
-            )
         self.optimizer = self.opt_class(groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
         self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(
@@ -427,6 +606,12 @@ class PseudoLabelBrain(sb.core.Brain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def on_fit_start(self):
+        """Recover the checkpoint; a run from scratch starts a new history."""
+        super().on_fit_start()
+        if self.hparams.epoch_counter.current == 0 and if_main_process():
+            self.history.reset()
 
     def on_stage_start(self, stage, epoch=None):
         """Remember the epoch.
@@ -456,7 +641,7 @@ class PseudoLabelBrain(sb.core.Brain):
         used = hp.loss_gate.threshold if hp.loss_gate.active(epoch) else None
         plot = default_plot_path(hp.plot_folder, epoch)
         gate = hp.loss_gate.end_epoch(
-            epoch, plot if if_main_process() else None
+            epoch, plot if if_main_process() else None, name=hp.run_name
         )
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.lr_scheduler.step()
@@ -477,11 +662,22 @@ class PseudoLabelBrain(sb.core.Brain):
         if gate["degenerate"]:
             reason = gate["degenerate"].replace(",", ";")
             train_stats["gate_fit"] = f"degenerate ({reason})"
+        diagnostics = {
+            "epoch": epoch,
+            "threshold": used,
+            "kept_fraction": counts["kept"] / samples,
+            "next_threshold": gate["threshold"],
+            "gate_fit": describe_fit(gate),
+            "corrected": int(counts["corrected"]),
+            **label_diagnostics(counts),
+        }
+        if if_main_process():
+            self.history.update(diagnostics)
         hp.train_logger.log_stats(
             stats_meta={
                 "epoch": epoch,
                 "lr_backend": lrs[0],
-                "lr_wavlm": lrs[1] if len(lrs) > 1 else 0.0,
+                self.encoder_lr_name: lrs[1] if len(lrs) > 1 else 0.0,
             },
             train_stats=train_stats,
         )
@@ -633,8 +829,19 @@ def dataio_prep(hparams, labels, paths):
     dataset : DynamicItemDataset
     sampler : SpeakerBalancedBatchSampler
     """
+    # Diagnostics only (never used in the loss): is each pseudo-label right,
+    # and what is the majority label of the true speaker (-1: unknown).
+    right, speaker_label = label_truth(
+        labels, [os.path.relpath(p, hparams["data_folder"]) for p in paths]
+    )
     data = {
-        str(i): {"idx": i, "path": p, "label": y}
+        str(i): {
+            "idx": i,
+            "path": p,
+            "label": y,
+            "label_right": float(right[i]),
+            "speaker_label": int(speaker_label[i]),
+        }
         for i, (p, y) in enumerate(zip(paths, labels))
     }
     dataset = sb.dataio.dataset.DynamicItemDataset(data)
@@ -643,6 +850,7 @@ def dataio_prep(hparams, labels, paths):
         hparams["batch_size"],
         hparams["max_per_speaker"],
         seed=hparams["seed"],
+        defer_repeats=hparams["defer_repeated_speakers"],
     )
     augmenter = build_augmenter(
         augmentation_csvs(augmentation_folder(hparams)),
@@ -665,7 +873,8 @@ def dataio_prep(hparams, labels, paths):
             torch.manual_seed(item_seed(seed, sampler.epoch, idx))
             try:
                 frames = soundfile.info(path).frames
-                start = int(torch.randint(0, max(1, frames - crop + 1), ()))
+                # The reference's start: int(random() * (frames - crop)).
+                start = int(torch.randint(0, max(1, frames - crop), ()))
                 wav = read_audio(path, rate, start, min(frames, start + crop))
                 clean, ok = wrap_pad(wav, crop), True
             except (AudioError, soundfile.LibsndfileError, OSError) as error:
@@ -677,11 +886,22 @@ def dataio_prep(hparams, labels, paths):
         yield torch.tensor([ok])
 
     dataset.add_dynamic_item(audio_pipeline)
-    dataset.set_output_keys(["id", "path", "clean", "aug", "ok", "label"])
+    dataset.set_output_keys(
+        [
+            "id",
+            "path",
+            "clean",
+            "aug",
+            "ok",
+            "label",
+            "label_right",
+            "speaker_label",
+        ]
+    )
     return dataset, sampler
 
 
-def init_from_checkpoint(path, embedding_model, classifier):
+def init_from_checkpoint(path, embedding_model, classifier=None):
     """Load ``embedding_model`` and ``classifier`` from a round's checkpoint.
 
     Arguments
@@ -691,8 +911,9 @@ def init_from_checkpoint(path, embedding_model, classifier):
         checkpoint is used).
     embedding_model : torch.nn.Module
         Receives ``embedding_model.ckpt``.
-    classifier : torch.nn.Module
-        Receives ``classifier.ckpt`` (same number of classes).
+    classifier : torch.nn.Module, optional
+        Receives ``classifier.ckpt`` (same number of classes); None leaves
+        the head as it is (a new round's classes are new).
 
     Returns
     -------
@@ -711,11 +932,12 @@ def init_from_checkpoint(path, embedding_model, classifier):
         )
         if ckpt is None:
             raise CheckpointNotFoundError(
-                f"{path}: no training checkpoint found (--init_from)"
+                f"{path}: no training checkpoint found"
             )
         folder = str(ckpt.path)
     load_state(embedding_model, folder, "embedding_model")
-    load_state(classifier, folder, "classifier")
+    if classifier is not None:
+        load_state(classifier, folder, "classifier")
     return folder
 
 
@@ -760,9 +982,15 @@ def main(argv):
                 "sample_rate": hparams["sample_rate"],
             },
         )
-        # The L2-SP anchor is the pre-trained WavLM, also when LMFT starts
-        # from a round's fine-tuned weights.
-        l2sp = L2SP(freeze_wavlm(hparams["embedding_model"].wavlm))
+        # The L2-SP anchor is the pre-trained WavLM (stage 1's DINO weights
+        # for the ECAPA encoder), also when LMFT starts from a round's
+        # weights.
+        if hparams["init_encoder_from"]:
+            used = init_from_checkpoint(
+                hparams["init_encoder_from"], hparams["embedding_model"]
+            )
+            logger.info("Encoder initialised from %s", used)
+        l2sp = L2SP(prepare_encoder(hparams["embedding_model"]))
         if hparams["init_from"]:
             used = init_from_checkpoint(
                 hparams["init_from"],

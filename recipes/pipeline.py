@@ -68,7 +68,26 @@ from speechbrain_ext.stage_utils import load_stage_hparams
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("stage", "NMI", "EER", "minDCF_0.01", "wall_s")
+SUMMARY_KEYS = (
+    "stage",
+    "NMI",
+    "purity",
+    "EER",
+    "EER_cosine",
+    "minDCF_0.01",
+    "wall_s",
+    "epochs",
+)
+EPOCH_KEYS = (
+    "epoch",
+    "threshold",
+    "kept_fraction",
+    "kept_purity",
+    "rejected_purity",
+    "corrected",
+    "lc_agreement",
+    "gate_fit",
+)
 
 #: Seconds between saves of a running stage's wall time.
 ATTEMPT_RECORD_S = 30
@@ -468,6 +487,13 @@ def plan_stages(hparams, run_options=()):
         "n_classes": hparams["n_pseudo_speakers"],
         **model,
     }
+    if model.get("encoder") == "ecapa":
+        # Every round (and LMFT's L2-SP anchor) starts from stage 1's
+        # network, as the reference restarts from the pre-trained WavLM.
+        training["dino_checkpoint"] = os.path.join(dino, "save")
+        training["dino_network"] = hparams["dino_overrides"].get(
+            "extract_network", "teacher"
+        )
     for index in range(1, n_rounds + 1):
         name = f"round{index}"
         add(
@@ -479,6 +505,12 @@ def plan_stages(hparams, run_options=()):
                 **training,
                 "train_list": labels,
                 "output_folder": os.path.join(out, name),
+                "run_name": name,
+                "init_encoder_from": os.path.join(
+                    out, f"round{index - 1}", "save"
+                )
+                if hparams["continue_rounds"] and index > 1
+                else None,
                 **hparams["round_overrides"],
             },
             name,
@@ -599,9 +631,14 @@ def collect_summary(stages, runner):
     Returns
     -------
     list of dict
-        ``{"stage", "NMI", "EER", "minDCF_0.01", "wall_s"}``; EER in
-        percent; ``None`` where not (yet) available. NMI is that of the
-        pseudo-labels clustered from the stage's embeddings.
+        ``{"stage", "NMI", "purity", "EER", "EER_cosine", "minDCF_0.01",
+        "wall_s", "epochs"}``; EER in percent (``EER``: the evaluation's
+        main scoring, ``EER_cosine``: full-utterance cosine, stage 1's only
+        scoring); ``None`` where not (yet) available. NMI and purity are
+        those of the pseudo-labels clustered from the stage's embeddings
+        (against the true speakers, when the keys carry them); ``epochs``
+        lists a training stage's per-epoch gate and label-correction
+        figures (``EPOCH_KEYS``).
     """
     by_name = {stage.name: stage for stage in stages}
     rows = {}
@@ -610,13 +647,7 @@ def collect_summary(stages, runner):
             continue
         row = rows.setdefault(
             stage.row,
-            {
-                "stage": stage.row,
-                "NMI": None,
-                "EER": None,
-                "minDCF_0.01": None,
-                "wall_s": None,
-            },
+            dict.fromkeys(SUMMARY_KEYS, None) | {"stage": stage.row},
         )
         info = runner.info(stage.name)
         if info is not None:
@@ -626,6 +657,7 @@ def collect_summary(stages, runner):
         if labels is not None and runner.is_done(labels.name):
             report = _read_json(os.path.join(labels.folder, "labels.txt.json"))
             row["NMI"] = (report or {}).get("NMI")
+            row["purity"] = (report or {}).get("purity")
         if row_name == "dino":
             metrics = _read_json(
                 os.path.join(by_name["dino"].folder, "eval.json")
@@ -640,6 +672,20 @@ def collect_summary(stages, runner):
         if metrics:
             row["EER"] = metrics.get("EER")
             row["minDCF_0.01"] = metrics.get("minDCF_0.01")
+            cosine = metrics.get("methods", {}).get("cosine", {})
+            row["EER_cosine"] = (
+                metrics.get("EER") if row_name == "dino" else cosine.get("EER")
+            )
+        training = by_name.get(row_name)
+        if row_name != "dino" and training is not None:
+            history = _read_json(
+                os.path.join(training.folder, "epoch_stats.json")
+            )
+            if history:
+                row["epochs"] = [
+                    {key: epoch.get(key) for key in EPOCH_KEYS}
+                    for epoch in history
+                ]
     for row in rows.values():
         if row["wall_s"] is not None:
             row["wall_s"] = round(row["wall_s"], 1)
@@ -647,7 +693,7 @@ def collect_summary(stages, runner):
 
 
 def summary_markdown(rows):
-    """The summary as a Markdown table.
+    """The summary as Markdown: one table of models, one of epochs.
 
     Arguments
     ---------
@@ -659,27 +705,57 @@ def summary_markdown(rows):
 
     Example
     -------
-    >>> print(summary_markdown([{"stage": "dino", "NMI": 0.5, "EER": 12.0,
-    ...                          "minDCF_0.01": None, "wall_s": 3.0}]))
-    | stage | NMI | EER (%) | minDCF_0.01 | wall_s |
-    |---|---|---|---|---|
-    | dino | 0.500 | 12.00 | - | 3.0 |
+    >>> print(summary_markdown([{"stage": "dino", "NMI": 0.5, "purity": None,
+    ...                          "EER": 12.0, "EER_cosine": 12.0,
+    ...                          "minDCF_0.01": None, "wall_s": 3.0,
+    ...                          "epochs": None}]))
+    | stage | NMI | purity | EER (%) | EER cosine (%) | minDCF_0.01 | wall_s |
+    |---|---|---|---|---|---|---|
+    | dino | 0.500 | - | 12.00 | 12.00 | - | 3.0 |
     """
 
-    def cell(value, digits):
+    def cell(value, digits, percent=False):
         """A number with ``digits`` decimals, ``-`` when missing."""
-        return "-" if value is None else f"{value:.{digits}f}"
+        if value is None:
+            return "-"
+        return (
+            f"{100 * value:.{digits}f} %" if percent else f"{value:.{digits}f}"
+        )
 
     lines = [
-        "| stage | NMI | EER (%) | minDCF_0.01 | wall_s |",
-        "|---|---|---|---|---|",
+        "| stage | NMI | purity | EER (%) | EER cosine (%) | minDCF_0.01 "
+        "| wall_s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['stage']} | {cell(row['NMI'], 3)} | "
-            f"{cell(row['EER'], 2)} | {cell(row['minDCF_0.01'], 4)} | "
+            f"{cell(row['purity'], 3)} | {cell(row['EER'], 2)} | "
+            f"{cell(row['EER_cosine'], 2)} | {cell(row['minDCF_0.01'], 4)} | "
             f"{cell(row['wall_s'], 1)} |"
         )
+    epochs = [(row["stage"], e) for row in rows for e in row["epochs"] or []]
+    if epochs:
+        lines += [
+            "",
+            "Loss gate and label correction per epoch (purity: fraction of "
+            "samples whose pseudo-label is the majority label of their true "
+            "speaker's class; agreement: corrections equal to the majority "
+            "pseudo-label of the sample's true speaker):",
+            "",
+            "| stage | epoch | threshold | kept | purity kept | purity "
+            "rejected | corrected | LC agreement | gate fit |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for stage, e in epochs:
+            lines.append(
+                f"| {stage} | {e['epoch']} | {cell(e['threshold'], 3)} | "
+                f"{cell(e['kept_fraction'], 1, True)} | "
+                f"{cell(e['kept_purity'], 3)} | "
+                f"{cell(e['rejected_purity'], 3)} | {e['corrected']} | "
+                f"{cell(e['lc_agreement'], 3)} | "
+                f"{e['gate_fit'] or '-'} |"
+            )
     return "\n".join(lines)
 
 
@@ -803,6 +879,14 @@ def load_hparams(argv):
 def main(argv):
     """Run the pipeline from the command line (see the module docstring)."""
     hparams_file, run_options, overrides, hparams = load_hparams(argv)
+    if hparams["model"].get("encoder") == "ecapa" and (
+        hparams["external_embeddings"] or hparams["pretrained_wavlm"]
+    ):
+        sys.exit(
+            f"{hparams_file}: model.encoder=ecapa fine-tunes the built-in "
+            "stage 1's network: it needs neither external_embeddings nor "
+            "pretrained_wavlm (use model.encoder=wavlm with them)"
+        )
     if hparams["noprogressbar"] and "--noprogressbar" not in run_options:
         run_options.append("--noprogressbar")
     out = hparams["output_folder"]

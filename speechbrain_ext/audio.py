@@ -247,7 +247,9 @@ def random_crop(wav, length, generator=None):
 def evenly_spaced_crops(wav, length, n_crops):
     """``n_crops`` crops of ``length`` samples with evenly spaced starts.
 
-    Audio shorter than ``length`` is wrap-padded first, as in training.
+    As in the reference, audio of at most ``length`` samples is first
+    wrap-padded to ``length + 1`` samples (so the last crop starts one
+    sample later), and each start is rounded down.
 
     Arguments
     ---------
@@ -270,6 +272,7 @@ def evenly_spaced_crops(wav, length, n_crops):
             [3., 4., 5., 6.],
             [6., 7., 8., 9.]])
     """
-    wav = wrap_pad(wav, length)
+    if wav.shape[-1] <= length:
+        wav = wrap_pad(wav, length + 1)
     starts = np.linspace(0, wav.shape[-1] - length, num=n_crops)
     return torch.stack([wav[int(s) : int(s) + length] for s in starts])

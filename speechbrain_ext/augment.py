@@ -1,18 +1,19 @@
 """The augmented view of the reference: one of six equally likely choices.
 
 Per utterance: none; reverberation with a simulated room impulse response
-(SpeechBrain's ``reverberate``); MUSAN music at 5-15 dB SNR; babble, the sum
-of 3-8 MUSAN speech files, at 13-20 dB; MUSAN noise at 0-15 dB; babble +
-music. Noise is mixed by SpeechBrain's ``AddNoise`` (SNR drawn per
-utterance); its ``noise_funct`` draws the noise files here, and
+(SpeechBrain's ``reverberate``); MUSAN music at 5-15 dB SNR; babble, 3-8 MUSAN
+speech files each added at its own SNR drawn in 13-20 dB (so the babble as a
+whole is at 6-14 dB, as in the reference); MUSAN noise at 0-15 dB; babble +
+music. Music and noise are mixed by SpeechBrain's ``AddNoise`` (SNR drawn
+per utterance); its ``noise_funct`` draws the noise files here, and
 :class:`RandomFileReverb` draws the RIR file, so that every random choice
 follows the caller's random seed and nothing depends on what was augmented
 before (SpeechBrain's ``AddReverb`` walks an internal data loader over the
 RIRs, a position no checkpoint holds, so a resumed run would draw other
-RIRs). Babble files are each scaled to unit RMS
-before summing, and the sum is mixed at the babble SNR (the reference mixes
-every babble file at its own SNR). The reference meant babble + music but
-applied music only; ``music_only_for_babble_music=True`` reproduces that.
+RIRs). ``AddNoise`` mixes one
+noise signal at one SNR, so babble, whose files each have their own SNR, is
+mixed by :class:`Babble`. The reference meant babble + music but applied
+music only; ``music_only_for_babble_music=True`` reproduces that.
 
 The files come from the CSVs of :mod:`data_prep.augmentation` (MUSAN
 ``music``, ``speech``, ``noise`` and the simulated RIRs).
@@ -35,15 +36,12 @@ CHOICES = ("none", "reverb", "music", "babble", "noise", "babble_music")
 
 
 class RandomFileNoise:
-    """Noise made of random crops of random files (an ``AddNoise`` source).
+    """Noise made of a random crop of a random file (an ``AddNoise`` source).
 
     Arguments
     ---------
     files : list of str
         Audio files (16 kHz mono).
-    n_min, n_max : int
-        Each utterance gets the sum of ``n_min``..``n_max`` files (drawn
-        uniformly), each crop scaled to unit RMS.
     sample_rate : int
         Expected sample rate.
 
@@ -52,18 +50,30 @@ class RandomFileNoise:
     >>> import os, tempfile, numpy as np
     >>> path = os.path.join(tempfile.mkdtemp(), "n.wav")
     >>> soundfile.write(path, np.random.randn(800).astype("float32"), 16000)
-    >>> RandomFileNoise([path], 3, 8)(torch.zeros(2, 1000)).shape
+    >>> RandomFileNoise([path])(torch.zeros(2, 1000)).shape
     torch.Size([2, 1000])
     """
 
-    def __init__(self, files, n_min=1, n_max=1, sample_rate=16000):
+    def __init__(self, files, sample_rate=16000):
         self.files = list(files)
-        self.n_min = n_min
-        self.n_max = n_max
         self.sample_rate = sample_rate
         self._frames = {}
 
-    def _crop(self, path, length):
+    def crop(self, path, length):
+        """A random ``length``-sample crop of ``path``, unit RMS.
+
+        Arguments
+        ---------
+        path : str
+            Audio file (wrap-padded when shorter than ``length``).
+        length : int
+            Samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[length]``.
+        """
         if path not in self._frames:
             self._frames[path] = soundfile.info(path).frames
         frames = self._frames[path]
@@ -87,13 +97,111 @@ class RandomFileNoise:
         """
         rows = []
         for _ in range(waveforms.shape[0]):
-            n = int(torch.randint(self.n_min, self.n_max + 1, ()).item())
-            picks = torch.randint(0, len(self.files), (n,)).tolist()
-            crops = [
-                self._crop(self.files[i], waveforms.shape[1]) for i in picks
-            ]
-            rows.append(torch.stack(crops).sum(0))
+            pick = int(torch.randint(0, len(self.files), ()).item())
+            rows.append(self.crop(self.files[pick], waveforms.shape[1]))
         return torch.stack(rows).to(waveforms)
+
+
+def mix_at_snrs(clean, noises, snrs):
+    """Add each noise to ``clean`` at its own SNR (relative to ``clean``).
+
+    Noise ``i`` is scaled so that ``10 log10(P_clean / P_noise_i)`` equals
+    ``snrs[i]`` (``P``: mean power), then all are added to the unscaled
+    clean signal, as the reference mixes babble.
+
+    Arguments
+    ---------
+    clean : torch.Tensor
+        ``[samples]``.
+    noises : torch.Tensor
+        ``[n, samples]``.
+    snrs : torch.Tensor
+        ``[n]`` in dB.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[samples]``.
+
+    Example
+    -------
+    >>> clean = torch.ones(4)
+    >>> mix_at_snrs(clean, torch.ones(2, 4), torch.tensor([0.0, 20.0]))
+    tensor([2.1000, 2.1000, 2.1000, 2.1000])
+    """
+    clean_power = clean.pow(2).mean()
+    noise_power = noises.pow(2).mean(dim=1).clamp_min(1e-20)
+    gains = torch.sqrt(clean_power / noise_power * 10 ** (-snrs / 10))
+    return clean + (gains[:, None] * noises).sum(0)
+
+
+class Babble(nn.Module):
+    """Babble as in the reference: several speech files, each at its own SNR.
+
+    For each utterance, ``n_speakers`` (uniform in an inclusive range)
+    different files are drawn, a random crop of each, and each crop is added
+    at an SNR drawn apart in ``snr`` (:func:`mix_at_snrs`), so the babble as
+    a whole is louder than any one of them (3-8 files at 13-20 dB each:
+    6.1-14.3 dB, 9.0 dB on average). SpeechBrain's ``AddNoise`` mixes one
+    signal at one SNR, hence this module.
+
+    Arguments
+    ---------
+    files : list of str
+        MUSAN speech files (16 kHz mono).
+    snr : tuple of float
+        Range of each file's SNR in dB.
+    n_speakers : tuple of int
+        Inclusive range of the number of files.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.wav")
+    >>> soundfile.write(path, np.random.randn(800).astype("float32"), 16000)
+    >>> Babble([path])(torch.randn(2, 1000), torch.ones(2)).shape
+    torch.Size([2, 1000])
+    """
+
+    def __init__(self, files, snr=(13.0, 20.0), n_speakers=(3, 8)):
+        super().__init__()
+        self.source = RandomFileNoise(files)
+        self.snr = snr
+        self.n_speakers = n_speakers
+
+    def forward(self, waveforms, lengths=None):
+        """Add babble to each row.
+
+        Arguments
+        ---------
+        waveforms : torch.Tensor
+            ``[batch, samples]``.
+        lengths : torch.Tensor, optional
+            Unused (every row is a full crop); ``AddNoise``'s signature.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, samples]``.
+        """
+        del lengths
+        files = self.source.files
+        rows = []
+        for clean in waveforms:
+            low, high = self.n_speakers
+            n = int(torch.randint(low, high + 1, ()).item())
+            # Distinct files (random.sample in the reference) when there are
+            # enough of them.
+            if len(files) >= n:
+                picks = torch.randperm(len(files))[:n].tolist()
+            else:
+                picks = torch.randint(0, len(files), (n,)).tolist()
+            noises = torch.stack(
+                [self.source.crop(files[i], clean.shape[-1]) for i in picks]
+            ).to(clean)
+            snrs = torch.empty(n).uniform_(*self.snr).to(clean)
+            rows.append(mix_at_snrs(clean, noises, snrs))
+        return torch.stack(rows)
 
 
 class RandomFileReverb(nn.Module):
@@ -165,7 +273,8 @@ class SixWayAugment(nn.Module):
     music_snr, babble_snr, noise_snr : tuple of float
         SNR ranges in dB.
     babble_speakers : tuple of int
-        Number of speech files in a babble, inclusive range.
+        Number of speech files in a babble, inclusive range (each file gets
+        its own SNR drawn in ``babble_snr``).
     music_only_for_babble_music : bool
         Reproduce the reference's bug: "babble + music" applies music only.
 
@@ -197,8 +306,8 @@ class SixWayAugment(nn.Module):
         if music_files:
             self.ops["music"] = self._add_noise(music_files, music_snr)
         if speech_files:
-            self.ops["babble"] = self._add_noise(
-                speech_files, babble_snr, *babble_speakers
+            self.ops["babble"] = Babble(
+                speech_files, babble_snr, babble_speakers
             )
         if noise_files:
             self.ops["noise"] = self._add_noise(noise_files, noise_snr)
@@ -207,11 +316,11 @@ class SixWayAugment(nn.Module):
         self.enabled = bool(self.ops)
 
     @staticmethod
-    def _add_noise(files, snr, n_min=1, n_max=1):
+    def _add_noise(files, snr):
         return AddNoise(
             snr_low=snr[0],
             snr_high=snr[1],
-            noise_funct=RandomFileNoise(files, n_min, n_max),
+            noise_funct=RandomFileNoise(files),
         )
 
     def _apply(self, name, wav):

@@ -31,9 +31,10 @@ import os
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 
+from speechbrain_ext.ecapa_embedding import FbankECAPA
 from speechbrain_ext.embedding_model import WavLMMHFA
 from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.model_factory import mhfa_for, wavlm_config
+from speechbrain_ext.model_factory import check_encoder, mhfa_for, wavlm_config
 from speechbrain_ext.wavlm import WavLM, state_dict_problems
 
 EXPORTED_FILES = ("hyperparams.yaml", "embedding_model.ckpt")
@@ -268,27 +269,41 @@ def build_architecture(
     compression_size=128,
     output_size=256,
     wavlm_overrides=None,
+    encoder="wavlm",
+    ecapa=None,
 ):
-    """An untrained ``WavLMMHFA`` of the given sizes, to load weights into.
+    """An untrained embedding model of the given sizes, to load weights into.
 
     Arguments
     ---------
     preset : str
         WavLM preset (``tiny``, ``base``, ``base_plus``, ``large``).
     n_heads, compression_size, output_size : int
-        MHFA sizes.
+        MHFA sizes (``output_size``: the embedding size of either encoder).
     wavlm_overrides : dict, optional
         WavLM config fields changed from the preset.
+    encoder : str
+        ``"wavlm"`` (WavLM + MHFA) or ``"ecapa"`` (Fbank + ECAPA-TDNN).
+    ecapa : dict, optional
+        ECAPA-TDNN sizes (see :class:`FbankECAPA`).
 
     Returns
     -------
-    speechbrain_ext.embedding_model.WavLMMHFA
+    WavLMMHFA or FbankECAPA
 
     Example
     -------
     >>> build_architecture("tiny", 4, 8, 16).mhfa.n_layers
     3
+    >>> ecapa = {"n_mels": 20, "channels": [8, 8, 8, 8, 24],
+    ...          "attention_channels": 8, "se_channels": 8}
+    >>> type(build_architecture(output_size=16, encoder="ecapa",
+    ...                         ecapa=ecapa)).__name__
+    'FbankECAPA'
     """
+    check_encoder(encoder)
+    if encoder == "ecapa":
+        return FbankECAPA(**(ecapa or {}), embedding_size=output_size)
     config = wavlm_config(preset, **(wavlm_overrides or {}))
     mhfa = mhfa_for(config, n_heads, compression_size, output_size)
     return WavLMMHFA(WavLM(config), mhfa)

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 
+from speechbrain_ext.ecapa_embedding import FbankECAPA
 from speechbrain_ext.extraction import embed_full_utterances
 from speechbrain_ext.io_utils import atomic_open, atomic_torch_save
 from speechbrain_ext.metrics import eer, split_scores
@@ -98,18 +99,35 @@ def _block(tag, arguments):
 
 
 def model_yaml(model):
-    """HyperPyYAML that rebuilds ``model`` (a ``WavLMMHFA``), untrained.
+    """HyperPyYAML that rebuilds ``model``, untrained.
 
     Arguments
     ---------
-    model : speechbrain_ext.embedding_model.WavLMMHFA
+    model : WavLMMHFA or FbankECAPA
         The model.
 
     Returns
     -------
     str
-        Defines ``wavlm_config``, ``wavlm``, ``mhfa``, ``embedding_model``.
+        Defines ``embedding_model`` (and, for WavLM + MHFA, its parts
+        ``wavlm_config``, ``wavlm``, ``mhfa``).
+
+    Example
+    -------
+    >>> from speechbrain_ext.ecapa_embedding import FbankECAPA
+    >>> print(model_yaml(FbankECAPA(20, [8, 8, 8, 8, 24], 8, 8, 16)))
+    embedding_model: !new:speechbrain_ext.ecapa_embedding.FbankECAPA
+        n_mels: 20
+        channels: [8, 8, 8, 8, 24]
+        attention_channels: 8
+        se_channels: 8
+        embedding_size: 16
+    <BLANKLINE>
     """
+    if isinstance(model, FbankECAPA):
+        return "embedding_model: " + _block(
+            "!new:speechbrain_ext.ecapa_embedding.FbankECAPA", model.arguments
+        )
     return (
         "wavlm_config: "
         + _block(
@@ -128,7 +146,7 @@ def model_yaml(model):
 
 _HEADER = """\
 # ############################################################################
-# Speaker embedding model: WavLM + MHFA (self-supervised speaker verification)
+# Speaker embedding model (self-supervised speaker verification recipe)
 # Loads with speechbrain.inference.speaker.SpeakerRecognition.from_hparams or
 # speechbrain_ext.inference.WavLMSpeakerVerification.from_hparams.
 # Needs the speechbrain_ext package of the recipe on the Python path.
@@ -164,7 +182,7 @@ __all__ = ["WavLMSpeakerVerification"]
 '''
 
 _README = """\
-# WavLM + MHFA speaker embeddings
+# Speaker embeddings (self-supervised speaker verification recipe)
 
 Exported by `recipes/export_pretrained.py` of the self-supervised speaker
 verification recipe. Embedding size {embedding_size}; 16 kHz mono input
@@ -264,11 +282,11 @@ def export_model(model, folder, threshold=None, info=None):
 
 
 def embedding_size(model):
-    """Output size of a ``WavLMMHFA``.
+    """Output size of a ``WavLMMHFA`` or ``FbankECAPA``.
 
     Arguments
     ---------
-    model : speechbrain_ext.embedding_model.WavLMMHFA
+    model : WavLMMHFA or FbankECAPA
         The model.
 
     Returns
@@ -284,6 +302,8 @@ def embedding_size(model):
     ...                          MHFA(3, 64, 4, 8, 16)))
     16
     """
+    if isinstance(model, FbankECAPA):
+        return model.arguments["embedding_size"]
     return mhfa_arguments(model.mhfa)["output_size"]
 
 

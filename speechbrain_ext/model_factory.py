@@ -1,12 +1,17 @@
-"""Build the WavLM + MHFA embedding model from hparams values.
+"""Build the embedding model of a round from hparams values.
 
-``build_embedding_model`` loads the pre-trained WavLM when a checkpoint is
-given and otherwise builds a randomly initialised one from a named preset
-(with a loud warning), then sizes the MHFA back-end from the WavLM.
+``build_embedding_model`` builds the reference's encoder, WavLM + MHFA: it
+loads the pre-trained WavLM when a checkpoint is given and otherwise builds
+a randomly initialised one from a named preset (with a loud warning), then
+sizes the MHFA back-end from the WavLM. With ``encoder="ecapa"`` it builds
+stage 1's network instead (``speechbrain_ext.ecapa_embedding.FbankECAPA``),
+started from the DINO checkpoint: the iterative pseudo-labelling encoder
+for runs without a pre-trained WavLM.
 """
 
 import logging
 
+from speechbrain_ext.ecapa_embedding import FbankECAPA, load_dino_backbone
 from speechbrain_ext.embedding_model import WavLMMHFA
 from speechbrain_ext.mhfa import MHFA
 from speechbrain_ext.wavlm import WavLM, WavLMConfig, load_wavlm
@@ -14,6 +19,7 @@ from speechbrain_ext.wavlm import WavLM, WavLMConfig, load_wavlm
 logger = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "base", "base_plus", "large")
+ENCODERS = ("wavlm", "ecapa")
 
 
 def wavlm_config(preset="base_plus", **overrides):
@@ -112,6 +118,22 @@ def build_wavlm(pretrained_path=None, preset="base_plus", **overrides):
     return WavLM(wavlm_config(preset, **overrides))
 
 
+def check_encoder(encoder):
+    """Raise for an unknown encoder name.
+
+    Arguments
+    ---------
+    encoder : str
+        ``"wavlm"`` or ``"ecapa"``.
+
+    Example
+    -------
+    >>> check_encoder("ecapa")
+    """
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder={encoder!r}: expected one of {ENCODERS}")
+
+
 def build_embedding_model(
     pretrained_path=None,
     preset="base_plus",
@@ -119,23 +141,40 @@ def build_embedding_model(
     compression_size=128,
     output_size=256,
     wavlm_overrides=None,
+    encoder="wavlm",
+    ecapa=None,
+    dino_checkpoint=None,
+    dino_network="teacher",
 ):
-    """WavLM (pre-trained or random) followed by an MHFA sized to match it.
+    """The encoder of a round: WavLM + MHFA, or stage 1's ECAPA-TDNN.
 
     Arguments
     ---------
     pretrained_path : str or None
-        See :func:`build_wavlm`.
+        See :func:`build_wavlm` (``encoder="wavlm"`` only).
     preset : str
         See :func:`build_wavlm`.
-    n_heads, compression_size, output_size : int
-        MHFA sizes (64, 128, 256 in the reference).
+    n_heads, compression_size : int
+        MHFA sizes (64, 128 in the reference).
+    output_size : int
+        Embedding size (256 in the reference; for ``"ecapa"`` the DINO
+        backbone's embedding size).
     wavlm_overrides : dict, optional
         Config fields of a random WavLM.
+    encoder : str
+        ``"wavlm"`` (the reference) or ``"ecapa"`` (stage 1's network).
+    ecapa : dict, optional
+        ``n_mels``, ``channels``, ``attention_channels``, ``se_channels`` of
+        the ECAPA-TDNN (those of stage 1).
+    dino_checkpoint : str, optional
+        Stage 1's DINO ``save`` folder the ECAPA-TDNN starts from; None
+        leaves it random (a warning: only for tests).
+    dino_network : str
+        ``"student"`` or ``"teacher"``: the network stage 1 embedded with.
 
     Returns
     -------
-    WavLMMHFA
+    WavLMMHFA or FbankECAPA
 
     Example
     -------
@@ -143,6 +182,23 @@ def build_embedding_model(
     >>> model.mhfa.n_layers
     3
     """
+    check_encoder(encoder)
+    if encoder == "ecapa":
+        if pretrained_path:
+            raise ValueError(
+                f"encoder=ecapa fine-tunes stage 1's network and does not use "
+                f"pretrained_wavlm={pretrained_path}; use encoder=wavlm"
+            )
+        model = FbankECAPA(**(ecapa or {}), embedding_size=output_size)
+        if dino_checkpoint:
+            used = load_dino_backbone(model, dino_checkpoint, dino_network)
+            logger.info("ECAPA-TDNN encoder starts from %s", used)
+        else:
+            logger.warning(
+                "encoder=ecapa without dino_checkpoint: the ECAPA-TDNN is "
+                "RANDOMLY INITIALISED (only meant for tests)"
+            )
+        return model
     wavlm = build_wavlm(pretrained_path, preset, **(wavlm_overrides or {}))
     mhfa = mhfa_for(wavlm.config, n_heads, compression_size, output_size)
     return WavLMMHFA(wavlm, mhfa)

@@ -1126,16 +1126,37 @@ class TransformerEncoder(nn.Module):
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = F.dropout(x, self.dropout, self.training)
+        # As in the original model, layer 0 computes the relative position
+        # bias and hands it on: when layer 0 is dropped, the later layers
+        # run without it.
         bias = None
-        if self.relative:
-            bias = self.layers[0].self_attn.position_bias(x.shape[1])
         hidden = [x]
-        for layer in self.layers:
-            skip = self.training and self.layerdrop > 0.0
-            if not skip or torch.rand(()) >= self.layerdrop:
+        for index, layer in enumerate(self.layers):
+            if self.keep_layer(index):
+                if index == 0 and self.relative:
+                    bias = layer.self_attn.position_bias(x.shape[1])
                 x = layer(x, bias, padding)
             hidden.append(x)
         return torch.stack(hidden)
+
+    def keep_layer(self, index):
+        """Whether layer ``index`` runs in this forward pass (layer drop).
+
+        Arguments
+        ---------
+        index : int
+            0-based layer index.
+
+        Returns
+        -------
+        bool
+            True in eval mode or without layer drop; in training, False
+            with probability ``encoder_layerdrop`` (one draw per layer).
+        """
+        del index
+        if not (self.training and self.layerdrop > 0.0):
+            return True
+        return bool(torch.rand(()) >= self.layerdrop)
 
 
 class WavLM(nn.Module):

@@ -205,6 +205,42 @@ def test_launchers_given_on_the_command_line(tmp_path):
     ]
 
 
+def test_ecapa_encoder_rounds_start_from_stage_1(tmp_path):
+    hparams = hparams_for(tmp_path, name="demo.yaml")
+    assert hparams["model"]["encoder"] == "ecapa"
+    stages = {s.name: s for s in pipeline.plan_stages(hparams)}
+    dino_save = str(tmp_path / "out" / "dino" / "save")
+    for name in ("round1", "round2", "lmft"):
+        found = options(stages[name])
+        assert found["dino_checkpoint"] == dino_save
+        assert found["dino_network"] == "student"  # demo's extract_network
+        assert found["encoder"] == "ecapa"
+        assert json.loads(found["ecapa"])["channels"] == [32, 32, 32, 32, 96]
+    for name in ("eval_round1", "embeddings_round1", "export"):
+        assert options(stages[name])["encoder"] == "ecapa"
+    # The reference's rounds restart from the pre-trained weights ...
+    assert options(stages["round2"])["init_encoder_from"] == "null"
+    # ... continue_rounds starts round N from round N-1.
+    hparams = hparams_for(tmp_path, name="demo.yaml", continue_rounds=True)
+    stages = {s.name: s for s in pipeline.plan_stages(hparams)}
+    assert options(stages["round1"])["init_encoder_from"] == "null"
+    assert options(stages["round2"])["init_encoder_from"] == str(
+        tmp_path / "out" / "round1" / "save"
+    )
+
+
+def test_ecapa_encoder_refuses_external_embeddings(tmp_path):
+    with pytest.raises(SystemExit, match="model.encoder=ecapa"):
+        pipeline.main(
+            [
+                str(ROOT / "hparams" / "demo.yaml"),
+                f"--output_folder={tmp_path / 'out'}",
+                "--external_embeddings=E.pt",
+            ]
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage_selection_checks_names(tmp_path):
     stages = pipeline.plan_stages(hparams_for(tmp_path))
     reset, run = pipeline.select_stages(stages, None, "round2")
@@ -278,11 +314,42 @@ def fake_outputs(stages, runner, tmp_path):
     for source, value in nmi.items():
         folder = by_name[f"pseudo_labels_{source}"].folder
         with open(os.path.join(folder, "labels.txt.json"), "w") as f:
-            json.dump({"NMI": value, "n_utterances": 48}, f)
+            json.dump({"NMI": value, "purity": value - 0.1}, f)
     for source in ("round1", "round2", "lmft"):
         folder = by_name[f"eval_{source}"].folder
+        methods = {"cosine": {"EER": eer[source] + 1}}
         with open(os.path.join(folder, "metrics.json"), "w") as f:
-            json.dump({"EER": eer[source], "minDCF_0.01": 0.5}, f)
+            json.dump(
+                {"EER": eer[source], "minDCF_0.01": 0.5, "methods": methods},
+                f,
+            )
+    epochs = [
+        {
+            "epoch": 1,
+            "threshold": None,
+            "kept_fraction": 1.0,
+            "kept_purity": 0.7,
+            "rejected_purity": None,
+            "corrected": 0,
+            "lc_agreement": None,
+            "gate_fit": "ok",
+            "next_threshold": 0.5,
+        },
+        {
+            "epoch": 2,
+            "threshold": 0.5,
+            "kept_fraction": 0.75,
+            "kept_purity": 0.8,
+            "rejected_purity": 0.4,
+            "corrected": 3,
+            "lc_agreement": 0.6,
+            "gate_fit": "degenerate (why)",
+        },
+    ]
+    with open(
+        os.path.join(by_name["round1"].folder, "epoch_stats.json"), "w"
+    ) as f:
+        json.dump(epochs, f)
     for stage in stages:
         runner.run(python_stage(tmp_path, stage.name, "pass", stage.row))
 
@@ -300,16 +367,26 @@ def test_summary_rows_json_markdown_and_plot(tmp_path):
         "lmft",
     ]
     assert [row["NMI"] for row in rows] == [0.8, 0.9, None, None]
+    assert rows[1]["purity"] == pytest.approx(0.8)
     assert [row["EER"] for row in rows] == [20.0, 10.0, 8.0, 7.5]
+    assert [row["EER_cosine"] for row in rows] == [20.0, 11.0, 9.0, 8.5]
+    assert [e["kept_fraction"] for e in rows[1]["epochs"]] == [1.0, 0.75]
+    assert "next_threshold" not in rows[1]["epochs"][0]
+    assert rows[2]["epochs"] is None
     assert rows[1]["minDCF_0.01"] == 0.5
     assert all(row["wall_s"] >= 0 for row in rows)
     table = pipeline.write_summary(rows, hparams["output_folder"])
     out = pathlib.Path(hparams["output_folder"])
     saved = json.loads((out / "summary.json").read_text())
     assert saved == rows
-    assert set(saved[0]) == {"stage", "NMI", "EER", "minDCF_0.01", "wall_s"}
+    assert set(saved[0]) == set(pipeline.SUMMARY_KEYS)
+    assert {"stage", "NMI", "EER", "minDCF_0.01", "wall_s"} <= set(saved[0])
     assert (out / "summary.md").read_text().strip() == table
-    assert "| round1 | 0.900 | 10.00 | 0.5000 |" in table
+    assert "| round1 | 0.900 | 0.800 | 10.00 | 11.00 | 0.5000 |" in table
+    assert (
+        "| round1 | 2 | 0.500 | 75.0 % | 0.800 | 0.400 | 3 | 0.600 | "
+        "degenerate (why) |" in table
+    )
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 

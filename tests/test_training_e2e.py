@@ -4,6 +4,7 @@ A tiny WavLM (no dropout, so runs are deterministic) is saved as the
 "pre-trained" checkpoint; epochs have 6 steps of 8 crops of 0.5 s.
 """
 
+import json
 import os
 import pathlib
 import socket
@@ -36,6 +37,9 @@ TINY = {
     "crop_samples": 8000,
     "num_workers": 0,
     "lr_wavlm": 0.001,
+    # 8 speakers in batches of 8: dropping repeats (the reference) would
+    # leave about 2 batches an epoch.
+    "defer_repeated_speakers": True,
 }
 
 
@@ -54,7 +58,14 @@ def inputs(tiny_corpus, tmp_path_factory):
     corrupt = folder / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00not really a wav file")
     relpath = os.path.relpath(corrupt, tiny_corpus["data_folder"])
-    (folder / "pl_corrupt.txt").write_text("".join(lines) + f"0 {relpath}\n")
+    # Every fourth utterance gets a wrong label, for the gate to find.
+    noisy = [
+        f"{(int(line.split()[0]) + 1) % len(speakers)} {line.split()[1]}\n"
+        if i % 4 == 3
+        else line
+        for i, line in enumerate(lines)
+    ]
+    (folder / "pl_corrupt.txt").write_text("".join(noisy) + f"0 {relpath}\n")
     torch.manual_seed(0)
     save_wavlm(WavLM(WavLMConfig.tiny(**NO_DROPOUT)), folder / "wavlm.pt")
     return {
@@ -107,7 +118,7 @@ def last_checkpoint(output):
 
 @pytest.fixture(scope="module")
 def round_run(inputs, tmp_path_factory):
-    """4 tiny epochs: gate from epoch 3, label correction from epoch 4."""
+    """4 tiny epochs: gate from epoch 2, label correction from epoch 3."""
     output = tmp_path_factory.mktemp("round") / "out"
     train.main(
         argv(
@@ -117,8 +128,10 @@ def round_run(inputs, tmp_path_factory):
             noise_folder=inputs["noise_folder"],
             rir_folder=inputs["rir_folder"],
             number_of_epochs=4,
-            gate_start_epoch=3,
-            lc_start_epoch=4,
+            gate_start_epoch=2,
+            lc_start_epoch=3,
+            # Correct every rejected sample, to see the mechanism.
+            lc_min_prob=0.0,
         )
     )
     return output
@@ -129,14 +142,24 @@ def test_round_trains_gates_corrects_and_checkpoints(round_run):
     log = read_log(round_run)
     assert [row["epoch"] for row in log] == ["1", "2", "3", "4"]
     assert float(log[1]["loss"]) < float(log[0]["loss"])
-    for row in log[:2]:
-        assert row["threshold"] == "none"
-        assert float(row["kept_fraction"]) == 1.0
-    assert log[2]["threshold"] != "none" and log[3]["threshold"] != "none"
-    assert int(log[2]["rejected"]) > 0
-    assert float(log[2]["kept_fraction"]) < 1.0
-    assert int(log[2]["corrected"]) == 0
-    assert int(log[3]["corrected"]) > 0
+    assert log[0]["threshold"] == "none"
+    assert float(log[0]["kept_fraction"]) == 1.0
+    # Each epoch uses the threshold fitted after the one before; a
+    # degenerate fit keeps the previous threshold.
+    previous = "none"
+    for row, following in zip(log, log[1:] + [None]):
+        if "gate_fit" in row:
+            assert row["next_threshold"] == previous
+        if following is not None:
+            assert following["threshold"] == row["next_threshold"]
+        previous = row["next_threshold"]
+    assert any("gate_fit" in row for row in log)
+    assert sum(int(row["rejected"]) for row in log[1:]) > 0
+    assert int(log[1]["corrected"]) == 0
+    # lc_min_prob=0: every rejected sample gets a corrected label.
+    for row in log[2:]:
+        assert int(row["corrected"]) == int(row["rejected"])
+    assert sum(int(row["corrected"]) for row in log[2:]) > 0
     assert sum(int(row["bad_audio"]) for row in log) >= 1
     lrs = [float(row["lr_backend"]) for row in log]
     assert lrs[1] == pytest.approx(lrs[0] * 0.95, rel=1e-3)
@@ -154,6 +177,17 @@ def test_round_trains_gates_corrects_and_checkpoints(round_run):
     assert safe_torch_load(ckpt / "classifier.ckpt")["weight"].shape == (8, 32)
     plots = sorted((round_run / "loss_gate").glob("*.png"))
     assert len(plots) == 4
+    # One label in four is wrong: purity is measured on kept and rejected
+    # samples, agreement on the corrections.
+    history = json.loads((round_run / "epoch_stats.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    for row, logged in zip(history, log):
+        assert row["kept_fraction"] == pytest.approx(
+            float(logged["kept_fraction"]), rel=1e-2
+        )
+        assert 0.6 < row["kept_purity"] < 0.9
+        assert (row["rejected_purity"] is None) == (logged["rejected"] == "0")
+        assert (row["lc_agreement"] is None) == (logged["corrected"] == "0")
 
 
 @pytest.mark.slow

@@ -147,10 +147,17 @@ def test_gate_keeps_previous_threshold_on_degenerate_fit(tmp_path, caplog):
         True,
         False,
     ]
-    gate.record(torch.ones(50))
+    gate.record(torch.full((50,), first - 1.0))
     info = gate.end_epoch(2)
     assert "equal" in info["degenerate"] and gate.threshold == first
-    assert "degenerate fit" in caplog.text
+    assert "keeping the previous threshold" in caplog.text
+    # A previous threshold that keeps less than the floor of the epoch's
+    # samples is dropped: the gate is off until the next good fit.
+    gate.record(torch.full((50,), first + 1.0))
+    info = gate.end_epoch(3)
+    assert "equal" in info["degenerate"] and gate.threshold is None
+    assert info["kept_fraction"] == 1.0
+    assert "gate off until the next good fit" in caplog.text
 
 
 def test_gate_checkpoint_round_trip(tmp_path):
@@ -231,7 +238,9 @@ def make_labels():
 
 def test_sampler_constraints():
     labels = make_labels()
-    sampler = SpeakerBalancedBatchSampler(labels, 12, max_per_speaker=20)
+    sampler = SpeakerBalancedBatchSampler(
+        labels, 12, max_per_speaker=20, defer_repeats=True
+    )
     sampler.set_epoch(3)
     batches = list(sampler)
     assert len(batches) == len(sampler) > 0
@@ -242,7 +251,8 @@ def test_sampler_constraints():
         assert len(set(labels[batch].tolist())) == 12
     counts = np.bincount(labels[seen], minlength=30)
     assert counts.max() <= 20
-    # Nearly everything selected is used (only the last batch is dropped).
+    # Deferring: nearly everything selected is used (only the last batch is
+    # dropped).
     available = np.minimum(np.bincount(labels), 20).sum()
     assert len(seen) >= available - 12 - 20
 
