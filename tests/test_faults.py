@@ -195,8 +195,10 @@ def test_train_pipeline_skips_and_counts_nan_crops(nan_wav, tmp_path, caplog):
 
     hparams = {
         "output_folder": str(tmp_path / "out"),
+        "data_folder": os.path.dirname(nan_wav),
         "batch_size": 1,
         "max_per_speaker": 10,
+        "defer_repeated_speakers": False,
         "seed": 1,
         "music_only_for_babble_music": False,
         "crop_samples": 4000,
