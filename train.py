@@ -45,19 +45,22 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
-from speechbrain_ext.aam import log_cross_entropy
-from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
-from speechbrain_ext.augment import build_augmenter
-from speechbrain_ext.checkpoints import CheckpointNotFoundError, load_state
-from speechbrain_ext.ecapa_embedding import FbankECAPA
-from speechbrain_ext.finite import stop_on_nonfinite_loss
-from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.l2sp import L2SP, normalised_loss
-from speechbrain_ext.label_correction import correct_labels
-from speechbrain_ext.loss_gate import default_plot_path
-from speechbrain_ext.random_state import item_seed
-from speechbrain_ext.sampler import SpeakerBalancedBatchSampler
-from speechbrain_ext.stage_utils import (
+from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
+from speechbrain_ext.dataio.augment import build_augmenter
+from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
+from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
+from speechbrain_ext.nnet.aam import log_cross_entropy
+from speechbrain_ext.nnet.l2sp import L2SP, normalised_loss
+from speechbrain_ext.nnet.label_correction import correct_labels
+from speechbrain_ext.nnet.loss_gate import default_plot_path
+from speechbrain_ext.pretrained.checkpoints import (
+    CheckpointNotFoundError,
+    load_state,
+)
+from speechbrain_ext.utils.finite import stop_on_nonfinite_loss
+from speechbrain_ext.utils.io_utils import safe_torch_load
+from speechbrain_ext.utils.random_state import item_seed
+from speechbrain_ext.utils.stage_utils import (
     TRAINING_ERRORS,
     check_output_paths,
     exit_on_input_errors,
@@ -65,7 +68,7 @@ from speechbrain_ext.stage_utils import (
     preview_hparams,
     removed_on_failure,
 )
-from speechbrain_ext.training_diagnostics import (
+from speechbrain_ext.verification.training_diagnostics import (
     EpochHistory,
     label_diagnostics,
     label_truth,
@@ -164,12 +167,12 @@ def freeze_wavlm(wavlm):
 
     Arguments
     ---------
-    wavlm : speechbrain_ext.wavlm.WavLM
+    wavlm : speechbrain_ext.lobes.wavlm.WavLM
         Modified in place.
 
     Returns
     -------
-    speechbrain_ext.wavlm.WavLM
+    speechbrain_ext.lobes.wavlm.WavLM
         The same module.
     """
     wavlm.requires_grad_(False)

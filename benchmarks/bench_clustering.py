@@ -44,13 +44,13 @@ import psutil
 from sklearn.cluster import AgglomerativeClustering, KMeans
 
 from benchmarks.common import machine
-from speechbrain_ext.clustering import (
+from speechbrain_ext.dataio.embeddings_io import save_embeddings
+from speechbrain_ext.verification.clustering import (
     ahc_ward,
     cluster_metrics,
     kmeans,
     pseudo_label,
 )
-from speechbrain_ext.embeddings_io import save_embeddings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOXCELEB2 = {"speakers": 5994, "utterances": 1092009}

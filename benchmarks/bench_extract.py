@@ -4,8 +4,8 @@
 Both paths run the same model on the same files in one process. The
 baseline is how the reference extracts embeddings: read a file, run the
 model on it alone (``torch.no_grad``), next file. Ours is
-:func:`speechbrain_ext.extraction.embed_full_utterances`: length-sorted
-padded batches with relative lengths, audio read by ``DataLoader``
+:func:`speechbrain_ext.verification.extraction.embed_full_utterances`:
+length-sorted padded batches with relative lengths, audio read by ``DataLoader``
 workers, ``torch.inference_mode``. Prints a table (wall and process CPU
 seconds, files/s, speed-ups, largest absolute difference between the two
 sets of embeddings) and the machine.
@@ -27,8 +27,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import machine
-from speechbrain_ext.checkpoints import build_architecture
-from speechbrain_ext.extraction import embed_full_utterances
+from speechbrain_ext.pretrained.checkpoints import build_architecture
+from speechbrain_ext.verification.extraction import embed_full_utterances
 
 
 def make_files(folder, n_files, min_seconds, max_seconds, seed=0):

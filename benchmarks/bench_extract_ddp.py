@@ -40,8 +40,8 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from benchmarks.bench_extract import make_files
 from benchmarks.common import machine
-from speechbrain_ext.checkpoints import build_architecture
-from speechbrain_ext.embeddings_io import load_embeddings
+from speechbrain_ext.dataio.embeddings_io import load_embeddings
+from speechbrain_ext.pretrained.checkpoints import build_architecture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"tiny": (4, 8, 16), "base_plus": (64, 128, 256)}

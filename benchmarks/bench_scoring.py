@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from benchmarks.common import machine, timed
-from speechbrain_ext.metrics import verification_metrics
-from speechbrain_ext.scoring import (
+from speechbrain_ext.verification.metrics import verification_metrics
+from speechbrain_ext.verification.scoring import (
     as_norm,
     cohort_probes,
     cohort_statistics,

@@ -25,10 +25,10 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from benchmarks.common import machine
-from speechbrain_ext.aam import AAMCrossEntropy
-from speechbrain_ext.classifier import CosineClassifier
-from speechbrain_ext.loss_gate import DynamicLossGate
-from speechbrain_ext.model_factory import build_embedding_model
+from speechbrain_ext.lobes.classifier import CosineClassifier
+from speechbrain_ext.nnet.aam import AAMCrossEntropy
+from speechbrain_ext.nnet.loss_gate import DynamicLossGate
+from speechbrain_ext.pretrained.model_factory import build_embedding_model
 from train import PseudoLabelBrain
 
 NO_DROPOUT = dict(

@@ -28,8 +28,8 @@ import psutil
 import torch
 
 from benchmarks.common import machine
-from speechbrain_ext.mhfa import MHFA
-from speechbrain_ext.wavlm import (
+from speechbrain_ext.lobes.mhfa import MHFA
+from speechbrain_ext.lobes.wavlm import (
     WavLM,
     WavLMConfig,
     state_dict_from_hf,

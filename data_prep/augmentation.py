@@ -108,7 +108,7 @@ def write_audio_csv(paths, csv_path, sample_rate=16000, ids=None):
     >>> write_audio_csv([good, empty], os.path.join(folder, "n.csv"))
     1
     """
-    from speechbrain_ext.io_utils import atomic_open
+    from speechbrain_ext.utils.io_utils import atomic_open
 
     if ids is None:
         ids = [

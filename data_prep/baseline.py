@@ -28,7 +28,7 @@ from speechbrain.lobes.features import MFCC
 from speechbrain.utils.metric_stats import EER
 
 from data_prep.voxceleb import read_trials
-from speechbrain_ext.audio import read_audio
+from speechbrain_ext.dataio.audio import read_audio
 
 
 @functools.lru_cache(maxsize=None)

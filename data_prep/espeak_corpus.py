@@ -293,7 +293,7 @@ def generate(output_folder, seed=1, n_jobs=None, **sizes):
         ``data_folder``, ``train_list``, ``trials``, ``noise_folder``,
         ``rir_folder``.
     """
-    from speechbrain_ext.io_utils import atomic_open
+    from speechbrain_ext.utils.io_utils import atomic_open
 
     unknown = sorted(set(sizes) - set(SIZES))
     if unknown:

@@ -718,7 +718,7 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
     4
     """
     # Imported here so that the worker processes do not import torch.
-    from speechbrain_ext.io_utils import atomic_open
+    from speechbrain_ext.utils.io_utils import atomic_open
 
     unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
     if unknown:

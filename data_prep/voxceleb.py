@@ -52,7 +52,7 @@ import re
 
 import soundfile
 
-from speechbrain_ext.audio import WAVLM_MIN_SAMPLES, count_nonfinite
+from speechbrain_ext.dataio.audio import WAVLM_MIN_SAMPLES, count_nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -496,7 +496,7 @@ def prepare_voxceleb(
         A trial list is malformed or names missing / unusable files; nothing
         is written then.
     """
-    from speechbrain_ext.io_utils import atomic_open
+    from speechbrain_ext.utils.io_utils import atomic_open
 
     trial_lists = [os.path.abspath(path) for path in trial_lists]
     outputs = _outputs(output_folder, name, trial_lists)

@@ -31,23 +31,23 @@ import sys
 from speechbrain.utils.checkpoints import Checkpointer
 
 from data_prep.voxceleb import TrialListError
-from speechbrain_ext.classifier import CosineClassifier
-from speechbrain_ext.convert import (
+from speechbrain_ext.lobes.classifier import CosineClassifier
+from speechbrain_ext.lobes.wavlm import WavLMCheckpointError, load_wavlm
+from speechbrain_ext.pretrained.convert import (
     ReferenceCheckpointError,
     convert_reference,
 )
-from speechbrain_ext.export import (
+from speechbrain_ext.pretrained.export import (
     calibrate_on_dev_trials,
     export_model,
 )
-from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.metrics import TrialLabelError
-from speechbrain_ext.stage_utils import (
+from speechbrain_ext.utils.io_utils import safe_torch_load
+from speechbrain_ext.utils.stage_utils import (
     MODEL_INPUT_ERRORS,
     exit_on_input_errors,
     pick_device,
 )
-from speechbrain_ext.wavlm import WavLMCheckpointError, load_wavlm
+from speechbrain_ext.verification.metrics import TrialLabelError
 
 logger = logging.getLogger(__name__)
 

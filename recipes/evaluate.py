@@ -33,33 +33,33 @@ import numpy as np
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.voxceleb import TrialListError
-from speechbrain_ext.checkpoints import (
-    load_embedding_model,
-    weights_fingerprint,
-)
-from speechbrain_ext.embeddings_io import (
+from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
 )
-from speechbrain_ext.export import embedding_size
-from speechbrain_ext.extraction import evaluation_embeddings
-from speechbrain_ext.io_utils import atomic_open
-from speechbrain_ext.metrics import (
+from speechbrain_ext.pretrained.checkpoints import (
+    load_embedding_model,
+    weights_fingerprint,
+)
+from speechbrain_ext.pretrained.export import embedding_size
+from speechbrain_ext.utils.io_utils import atomic_open
+from speechbrain_ext.utils.stage_utils import (
+    MODEL_INPUT_ERRORS,
+    run_stage,
+)
+from speechbrain_ext.verification.extraction import evaluation_embeddings
+from speechbrain_ext.verification.metrics import (
     TrialLabelError,
     plot_det,
     split_scores,
     verification_metrics,
 )
-from speechbrain_ext.scoring import (
+from speechbrain_ext.verification.scoring import (
     METHODS,
     check_files_exist,
     read_trials,
     score_methods,
     write_scores,
-)
-from speechbrain_ext.stage_utils import (
-    MODEL_INPUT_ERRORS,
-    run_stage,
 )
 
 logger = logging.getLogger(__name__)

@@ -21,16 +21,16 @@ import os
 import sys
 
 from data_prep.voxceleb import TrialListError
-from speechbrain_ext.checkpoints import load_embedding_model
-from speechbrain_ext.export import (
+from speechbrain_ext.pretrained.checkpoints import load_embedding_model
+from speechbrain_ext.pretrained.export import (
     calibrate_on_dev_trials,
     export_model,
 )
-from speechbrain_ext.metrics import TrialLabelError
-from speechbrain_ext.stage_utils import (
+from speechbrain_ext.utils.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
 )
+from speechbrain_ext.verification.metrics import TrialLabelError
 
 logger = logging.getLogger(__name__)
 

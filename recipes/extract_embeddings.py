@@ -32,22 +32,22 @@ import sys
 
 from speechbrain.utils.distributed import if_main_process
 
-from speechbrain_ext.checkpoints import (
+from speechbrain_ext.dataio.embeddings_io import save_embeddings
+from speechbrain_ext.pretrained.checkpoints import (
     load_embedding_model,
     weights_fingerprint,
 )
-from speechbrain_ext.embeddings_io import save_embeddings
-from speechbrain_ext.extraction import (
+from speechbrain_ext.utils.stage_utils import (
+    MODEL_INPUT_ERRORS,
+    run_stage,
+)
+from speechbrain_ext.verification.extraction import (
     UtteranceListError,
     embed_in_shards,
     find_wavs,
     read_utterance_list,
 )
-from speechbrain_ext.scoring import check_files_exist
-from speechbrain_ext.stage_utils import (
-    MODEL_INPUT_ERRORS,
-    run_stage,
-)
+from speechbrain_ext.verification.scoring import check_files_exist
 
 logger = logging.getLogger(__name__)
 

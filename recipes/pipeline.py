@@ -57,13 +57,13 @@ from dataclasses import dataclass
 
 import speechbrain as sb
 
-from speechbrain_ext.folder_lock import (
+from speechbrain_ext.utils.folder_lock import (
     FolderLock,
     FolderLockedError,
     end_with_parent,
 )
-from speechbrain_ext.io_utils import atomic_open, remove_stale_temporaries
-from speechbrain_ext.stage_utils import load_stage_hparams
+from speechbrain_ext.utils.io_utils import atomic_open, remove_stale_temporaries
+from speechbrain_ext.utils.stage_utils import load_stage_hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger(__name__)
@@ -788,7 +788,7 @@ def plot_summary(rows, path):
         axis.set_title(label)
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    from speechbrain_ext.io_utils import atomic_path
+    from speechbrain_ext.utils.io_utils import atomic_path
 
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)

@@ -3,7 +3,7 @@
 
 Reads an embeddings file (``Dict[str, Tensor]``, keys relative to the wav
 root; a cache beside it makes later loads fast), clusters it with
-:func:`speechbrain_ext.clustering.pseudo_label` and writes one
+:func:`speechbrain_ext.verification.clustering.pseudo_label` and writes one
 ``LABEL RELPATH`` line per utterance, in the input order, plus a JSON report
 ``OUTPUT.json`` (counts, cluster-size histogram, wall time per phase, peak
 memory, and NMI / purity / inverse purity when the keys are
@@ -38,21 +38,21 @@ import time
 
 import numpy as np
 
-from speechbrain_ext.clustering import pseudo_label
-from speechbrain_ext.embeddings_io import (
+from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
 )
-from speechbrain_ext.io_utils import (
+from speechbrain_ext.utils.io_utils import (
     OutputWriteError,
     UnsafeCheckpointError,
     atomic_open,
     remove_stale_temporaries,
 )
-from speechbrain_ext.stage_utils import (
+from speechbrain_ext.utils.stage_utils import (
     load_stage_hparams,
     pick_device,
 )
+from speechbrain_ext.verification.clustering import pseudo_label
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ def check_keys(keys, source):
     >>> check_keys(["a/b/1.wav", "a/b c/2.wav"], "e.pt")
     Traceback (most recent call last):
     ...
-    speechbrain_ext.embeddings_io.EmbeddingsFileError: e.pt: 1 keys contain \
+    speechbrain_ext.dataio.embeddings_io.EmbeddingsFileError: e.pt: 1 keys \
+contain \
 whitespace, which 'LABEL RELPATH' lines cannot hold (first: 'a/b c/2.wav'); \
 rename those files
     """

@@ -41,28 +41,31 @@ from data_prep.augmentation import (
     prepare_augmentation,
 )
 from data_prep.voxceleb import read_trials
-from speechbrain_ext.audio import (
+from speechbrain_ext.dataio.audio import (
     AudioError,
     audio_frames,
     read_audio,
 )
-from speechbrain_ext.dino import (
-    cosine_schedule,
-    ema_update,
-    select_embeddings,
-)
-from speechbrain_ext.dino_loss import teacher_temperature
-from speechbrain_ext.embeddings_io import (
+from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
     save_embeddings,
 )
-from speechbrain_ext.extraction import read_utterance_list
-from speechbrain_ext.finite import stop_on_nonfinite_loss
-from speechbrain_ext.io_utils import atomic_open
-from speechbrain_ext.metrics import verification_metrics
-from speechbrain_ext.random_state import item_seed
-from speechbrain_ext.stage_utils import TRAINING_ERRORS, load_stage_hparams
+from speechbrain_ext.lobes.dino import (
+    cosine_schedule,
+    ema_update,
+    select_embeddings,
+)
+from speechbrain_ext.nnet.dino_loss import teacher_temperature
+from speechbrain_ext.utils.finite import stop_on_nonfinite_loss
+from speechbrain_ext.utils.io_utils import atomic_open
+from speechbrain_ext.utils.random_state import item_seed
+from speechbrain_ext.utils.stage_utils import (
+    TRAINING_ERRORS,
+    load_stage_hparams,
+)
+from speechbrain_ext.verification.extraction import read_utterance_list
+from speechbrain_ext.verification.metrics import verification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +74,8 @@ class DINOBrain(sb.Brain):
     """Trains the student with the DINO loss; the teacher follows by EMA.
 
     Expects in ``modules``: ``student`` and ``teacher``
-    (:class:`speechbrain_ext.dino.DINONetwork`), ``dino_loss``
-    (:class:`speechbrain_ext.dino_loss.DINOLoss`), ``compute_features`` and
+    (:class:`speechbrain_ext.lobes.dino.DINONetwork`), ``dino_loss``
+    (:class:`speechbrain_ext.nnet.dino_loss.DINOLoss`), ``compute_features`` and
     ``mean_var_norm``. ``steps_per_epoch`` must be set before ``fit`` (it
     drives the learning-rate, momentum and temperature schedules).
     """
@@ -477,7 +480,7 @@ def build_crop_augmenter(hparams):
 
     Returns
     -------
-    speechbrain_ext.augment.SixWayAugment or None
+    speechbrain_ext.dataio.augment.SixWayAugment or None
         None when neither ``noise_folder`` nor ``rir_folder`` is given.
     """
     if not hparams["noise_folder"] and not hparams["rir_folder"]:

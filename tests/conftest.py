@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_prep.synthetic import TINY_SIZES, generate_corpus
-from speechbrain_ext.checkpoints import build_architecture
+from speechbrain_ext.pretrained.checkpoints import build_architecture
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from speechbrain.utils.distributed import ddp_init_group
 
-from speechbrain_ext.io_utils import atomic_torch_save
-from speechbrain_ext.shards import process_rank, run_sharded
+from speechbrain_ext.dataio.shards import process_rank, run_sharded
+from speechbrain_ext.utils.io_utils import atomic_torch_save
 
 COSTS = [5, 3, 8, 1, 9, 2, 7, 4, 6, 5, 2, 8, 3, 7]
 SHARD_COST = 10

@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from speechbrain_ext import atomic_checkpointer
-from speechbrain_ext.atomic_checkpointer import AtomicCheckpointer
+from speechbrain_ext.utils import atomic_checkpointer
+from speechbrain_ext.utils.atomic_checkpointer import AtomicCheckpointer
 
 SAVES = 4
 KEEP = 2

@@ -5,7 +5,7 @@ import pytest
 import soundfile
 import torch
 
-from speechbrain_ext.audio import (
+from speechbrain_ext.dataio.audio import (
     AudioError,
     audio_frames,
     evenly_spaced_crops,

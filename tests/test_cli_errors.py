@@ -19,18 +19,18 @@ import soundfile
 import torch
 
 import train
-from speechbrain_ext import io_utils
-from speechbrain_ext.atomic_checkpointer import AtomicCheckpointer
-from speechbrain_ext.checkpoints import build_architecture
-from speechbrain_ext.embeddings_io import save_embeddings
-from speechbrain_ext.io_utils import (
+from speechbrain_ext.dataio.embeddings_io import save_embeddings
+from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
+from speechbrain_ext.pretrained.checkpoints import build_architecture
+from speechbrain_ext.utils import io_utils
+from speechbrain_ext.utils.atomic_checkpointer import AtomicCheckpointer
+from speechbrain_ext.utils.io_utils import (
     CorruptFileError,
     OutputWriteError,
     UnsafeCheckpointError,
     atomic_torch_save,
     safe_torch_load,
 )
-from speechbrain_ext.wavlm import WavLM, WavLMConfig, save_wavlm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -340,8 +340,8 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_one(
 
 
 def test_inference_class_refuses_a_malicious_model(tiny_model, tmp_path):
-    from speechbrain_ext.export import export_model
-    from speechbrain_ext.inference import WavLMSpeakerVerification
+    from speechbrain_ext.pretrained.export import export_model
+    from speechbrain_ext.pretrained.inference import WavLMSpeakerVerification
 
     folder = tmp_path / "model"
     export_model(tiny_model, folder)

@@ -8,7 +8,7 @@ import torch
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from speechbrain_ext.clustering import (
+from speechbrain_ext.verification.clustering import (
     ahc_ward,
     cluster_metrics,
     kmeans,

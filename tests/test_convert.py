@@ -8,11 +8,14 @@ import pytest
 import torch
 from speechbrain.inference.speaker import SpeakerRecognition
 
-from speechbrain_ext.audio import read_audio
-from speechbrain_ext.checkpoints import build_architecture, load_embedding_model
-from speechbrain_ext.convert import to_reference_state
-from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.wavlm import WavLM, WavLMConfig, save_wavlm
+from speechbrain_ext.dataio.audio import read_audio
+from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
+from speechbrain_ext.pretrained.checkpoints import (
+    build_architecture,
+    load_embedding_model,
+)
+from speechbrain_ext.pretrained.convert import to_reference_state
+from speechbrain_ext.utils.io_utils import safe_torch_load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

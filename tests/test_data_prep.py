@@ -30,8 +30,8 @@ from data_prep.voxceleb import (
     read_trials,
     scan_folder,
 )
-from speechbrain_ext import io_utils
-from speechbrain_ext.audio import read_audio
+from speechbrain_ext.dataio.audio import read_audio
+from speechbrain_ext.utils import io_utils
 
 GOOD = {
     "id10001/AAAAAAAAAAA/00001.wav": 1.0,

@@ -14,7 +14,12 @@ import torch
 from float32_bounds import U, gamma
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
-from speechbrain_ext.dino import (
+from speechbrain_ext.dataio.embeddings_io import (
+    EmbeddingsFileError,
+    load_embeddings,
+    save_embeddings,
+)
+from speechbrain_ext.lobes.dino import (
     DINOHead,
     DINONetwork,
     MultiCrop,
@@ -23,12 +28,7 @@ from speechbrain_ext.dino import (
     make_teacher,
     select_embeddings,
 )
-from speechbrain_ext.dino_loss import DINOLoss, teacher_temperature
-from speechbrain_ext.embeddings_io import (
-    EmbeddingsFileError,
-    load_embeddings,
-    save_embeddings,
-)
+from speechbrain_ext.nnet.dino_loss import DINOLoss, teacher_temperature
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "train_dino.py"

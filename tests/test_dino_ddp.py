@@ -22,8 +22,8 @@ from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.processing.features import InputNormalization
 
-from speechbrain_ext.dino import DINOHead, DINONetwork, make_teacher
-from speechbrain_ext.dino_loss import DINOLoss
+from speechbrain_ext.lobes.dino import DINOHead, DINONetwork, make_teacher
+from speechbrain_ext.nnet.dino_loss import DINOLoss
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "train_dino.py"

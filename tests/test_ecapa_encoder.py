@@ -13,13 +13,13 @@ from speechbrain.processing.features import InputNormalization
 from speechbrain.utils.checkpoints import Checkpointer
 
 import train
-from speechbrain_ext.checkpoints import (
+from speechbrain_ext.lobes.dino import DINOHead, DINONetwork
+from speechbrain_ext.pretrained.checkpoints import (
     CheckpointMismatchError,
     build_architecture,
 )
-from speechbrain_ext.dino import DINOHead, DINONetwork
-from speechbrain_ext.export import export_model
-from speechbrain_ext.model_factory import build_embedding_model
+from speechbrain_ext.pretrained.export import export_model
+from speechbrain_ext.pretrained.model_factory import build_embedding_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZES = {

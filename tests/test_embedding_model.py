@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from speechbrain_ext.embedding_model import WavLMMHFA
-from speechbrain_ext.mhfa import MHFA
-from speechbrain_ext.wavlm import WavLM, WavLMConfig
+from speechbrain_ext.lobes.embedding_model import WavLMMHFA
+from speechbrain_ext.lobes.mhfa import MHFA
+from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
 
 
 def tiny_model(freeze_transformer=False):

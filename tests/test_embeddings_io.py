@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from speechbrain_ext import embeddings_io
-from speechbrain_ext.embeddings_io import (
+from speechbrain_ext.dataio import embeddings_io
+from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     cache_paths,
     load_embeddings,
     save_embeddings,
 )
-from speechbrain_ext.io_utils import UnsafeCheckpointError
+from speechbrain_ext.utils.io_utils import UnsafeCheckpointError
 
 NAN, INF = float("nan"), float("inf")
 KEYS = ["id1/v1/00001.wav", "id1/v1/00002.wav", "id2/v3/00001.wav"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain_ext import extraction
-from speechbrain_ext.embeddings_io import save_embeddings
-from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.metrics import verification_metrics
-from speechbrain_ext.scoring import read_trials
+from speechbrain_ext.dataio.embeddings_io import save_embeddings
+from speechbrain_ext.utils.io_utils import safe_torch_load
+from speechbrain_ext.verification import extraction
+from speechbrain_ext.verification.metrics import verification_metrics
+from speechbrain_ext.verification.scoring import read_trials
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]

@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 
-from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.wavlm import WavLM, WavLMConfig, save_wavlm
+from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
+from speechbrain_ext.utils.io_utils import safe_torch_load
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -14,10 +14,10 @@ import torch
 import yaml
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain_ext.audio import read_audio
-from speechbrain_ext.export import calibrate_threshold
-from speechbrain_ext.inference import WavLMSpeakerVerification
-from speechbrain_ext.scoring import read_trials
+from speechbrain_ext.dataio.audio import read_audio
+from speechbrain_ext.pretrained.export import calibrate_threshold
+from speechbrain_ext.pretrained.inference import WavLMSpeakerVerification
+from speechbrain_ext.verification.scoring import read_trials
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
@@ -198,3 +198,68 @@ def test_folder_missing_a_file_is_a_clear_error(exported, tmp_path, missing):
         "hyperparams.yaml, embedding_model.ckpt, see "
         "recipes/export_pretrained.py)"
     )
+
+
+OLD_LAYOUT_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from speechbrain.inference.interfaces import foreign_class
+    from speechbrain.inference.speaker import SpeakerRecognition
+    from speechbrain.utils.fetching import FetchConfig
+
+    folder, savedir = sys.argv[1:]
+    offline = FetchConfig(allow_network=False)
+    model = SpeakerRecognition.from_hparams(
+        source=folder, savedir=savedir + "/sb", fetch_config=offline
+    )
+    wav = torch.linspace(-0.5, 0.5, 16000)[None]
+    custom = foreign_class(
+        source=folder, pymodule_file="custom.py",
+        classname="WavLMSpeakerVerification", savedir=savedir + "/fc",
+        fetch_config=offline,
+    )
+    print(json.dumps({
+        "embedding": model.encode_batch(wav).tolist(),
+        "custom": custom.encode_batch(wav).tolist(),
+    }))
+    """
+)
+
+
+def test_a_folder_exported_with_the_old_module_paths_still_loads(
+    exported, tiny_model, tmp_path
+):
+    from speechbrain_ext import MOVED_MODULES
+
+    old = tmp_path / "old_export"
+    shutil.copytree(exported, old)
+    for name in ("hyperparams.yaml", "custom.py"):
+        text = (old / name).read_text()
+        for old_path, new_path in MOVED_MODULES.items():
+            text = text.replace(new_path + ".", old_path + ".")
+            text = text.replace(
+                f"from {new_path} import", f"from {old_path} import"
+            )
+        (old / name).write_text(text)
+    assert (
+        "speechbrain_ext.wavlm.WavLMConfig"
+        in (old / "hyperparams.yaml").read_text()
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", OLD_LAYOUT_PROCESS, str(old), str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "was deprecated, redirecting" in result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        expected = tiny_model(torch.linspace(-0.5, 0.5, 16000)[None])
+    # The same model on the same input in another process: equal within
+    # float32 rounding of the whole network (the other process may block
+    # its products differently); 1e-5 absolute on embeddings of norm ~1.
+    torch.testing.assert_close(
+        torch.tensor(out["embedding"])[0], expected[0], atol=1e-5, rtol=0
+    )
+    assert out["custom"] == out["embedding"]

@@ -9,15 +9,17 @@ import soundfile
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain_ext import extraction
-from speechbrain_ext.audio import AudioError, read_audio, wrap_pad
-from speechbrain_ext.checkpoints import (
+from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
+from speechbrain_ext.dataio.embeddings_io import load_embeddings
+from speechbrain_ext.dataio.shards import MIN_SHARDS, plan_shards
+from speechbrain_ext.pretrained.checkpoints import (
     CheckpointNotFoundError,
     find_checkpoint,
 )
-from speechbrain_ext.embeddings_io import load_embeddings
-from speechbrain_ext.export import export_model
-from speechbrain_ext.extraction import (
+from speechbrain_ext.pretrained.export import export_model
+from speechbrain_ext.utils.stage_utils import pick_device
+from speechbrain_ext.verification import extraction
+from speechbrain_ext.verification.extraction import (
     embed_crops,
     embed_full_utterances,
     embed_in_shards,
@@ -25,8 +27,6 @@ from speechbrain_ext.extraction import (
     read_utterance_list,
     resolve_batch_size,
 )
-from speechbrain_ext.shards import MIN_SHARDS, plan_shards
-from speechbrain_ext.stage_utils import pick_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]

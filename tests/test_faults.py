@@ -23,12 +23,15 @@ from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
 from data_prep.voxceleb import prepare_voxceleb
-from speechbrain_ext.atomic_checkpointer import AtomicCheckpointer
-from speechbrain_ext.audio import AudioError, audio_frames, read_audio
-from speechbrain_ext.augment import CHOICES, build_augmenter
-from speechbrain_ext.embeddings_io import EmbeddingsFileError, save_embeddings
-from speechbrain_ext.finite import NonFiniteCheckpointError
-from speechbrain_ext.folder_lock import FolderLock, FolderLockedError
+from speechbrain_ext.dataio.audio import AudioError, audio_frames, read_audio
+from speechbrain_ext.dataio.augment import CHOICES, build_augmenter
+from speechbrain_ext.dataio.embeddings_io import (
+    EmbeddingsFileError,
+    save_embeddings,
+)
+from speechbrain_ext.utils.atomic_checkpointer import AtomicCheckpointer
+from speechbrain_ext.utils.finite import NonFiniteCheckpointError
+from speechbrain_ext.utils.folder_lock import FolderLock, FolderLockedError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -294,7 +297,7 @@ def test_labels_and_report_never_disagree_after_a_kill(
 
 HOLD_LOCK = """
 import sys, time
-from speechbrain_ext.folder_lock import FolderLock
+from speechbrain_ext.utils.folder_lock import FolderLock
 lock = FolderLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)

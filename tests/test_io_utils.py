@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from speechbrain_ext.io_utils import (
+from speechbrain_ext.utils.io_utils import (
     CorruptFileError,
     UnsafeCheckpointError,
     atomic_open,

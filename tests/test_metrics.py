@@ -8,7 +8,7 @@ from sklearn.metrics import roc_curve
 from speechbrain.utils.metric_stats import EER as sb_eer
 from speechbrain.utils.metric_stats import minDCF as sb_min_dcf
 
-from speechbrain_ext.metrics import (
+from speechbrain_ext.verification.metrics import (
     TrialLabelError,
     det_points,
     eer,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from speechbrain_ext.mhfa import MHFA
+from speechbrain_ext.lobes.mhfa import MHFA
 
 
 def small_mhfa():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechbrain_ext.embeddings_io import save_embeddings
+from speechbrain_ext.dataio.embeddings_io import save_embeddings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS = os.path.join(ROOT, "hparams", "pseudo_label.yaml")

@@ -21,16 +21,16 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
-import speechbrain_ext.wavlm as wavlm_module
+import speechbrain_ext.lobes.wavlm as wavlm_module
 import train
-from speechbrain_ext.aam import AAMCrossEntropy, log_cross_entropy
-from speechbrain_ext.audio import evenly_spaced_crops
-from speechbrain_ext.augment import SixWayAugment, mix_at_snrs
-from speechbrain_ext.checkpoints import build_architecture
-from speechbrain_ext.classifier import CosineClassifier
-from speechbrain_ext.loss_gate import DynamicLossGate, fit_threshold
-from speechbrain_ext.sampler import SpeakerBalancedBatchSampler
-from speechbrain_ext.wavlm import WavLM, WavLMConfig
+from speechbrain_ext.dataio.audio import evenly_spaced_crops
+from speechbrain_ext.dataio.augment import SixWayAugment, mix_at_snrs
+from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
+from speechbrain_ext.lobes.classifier import CosineClassifier
+from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
+from speechbrain_ext.nnet.aam import AAMCrossEntropy, log_cross_entropy
+from speechbrain_ext.nnet.loss_gate import DynamicLossGate, fit_threshold
+from speechbrain_ext.pretrained.checkpoints import build_architecture
 
 MARGIN, SCALE = 0.2, 30.0
 

@@ -7,7 +7,7 @@ import pytest
 from float32_bounds import gamma
 
 from data_prep.voxceleb import TrialListError
-from speechbrain_ext.scoring import (
+from speechbrain_ext.verification.scoring import (
     MissingFilesError,
     Trials,
     as_norm,

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from speechbrain_ext.shards import (
+from speechbrain_ext.dataio.shards import (
     NonFiniteError,
     deal_shards,
     distributed_map,

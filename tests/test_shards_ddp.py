@@ -10,13 +10,13 @@ import pathlib
 import pytest
 import torch
 
-from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.shards import (
+from speechbrain_ext.dataio.shards import (
     deal_shards,
     load_shard,
     plan_shards,
     shard_path,
 )
+from speechbrain_ext.utils.io_utils import safe_torch_load
 from tests.shards_worker import COSTS, KEYS, SHARD_COST
 
 

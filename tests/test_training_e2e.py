@@ -16,8 +16,8 @@ import torch
 from float32_bounds import U, gamma
 
 import train
-from speechbrain_ext.io_utils import safe_torch_load
-from speechbrain_ext.wavlm import WavLM, WavLMConfig, save_wavlm
+from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
+from speechbrain_ext.utils.io_utils import safe_torch_load
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_DROPOUT = dict(

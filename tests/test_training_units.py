@@ -10,18 +10,18 @@ import torch
 from float32_bounds import U, gamma
 
 from data_prep.augmentation import prepare_augmentation
-from speechbrain_ext.aam import AAMCrossEntropy
-from speechbrain_ext.augment import SixWayAugment, build_augmenter
-from speechbrain_ext.classifier import CosineClassifier
-from speechbrain_ext.l2sp import L2SP, normalised_loss
-from speechbrain_ext.label_correction import correct_labels
-from speechbrain_ext.loss_gate import (
+from speechbrain_ext.dataio.augment import SixWayAugment, build_augmenter
+from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
+from speechbrain_ext.lobes.classifier import CosineClassifier
+from speechbrain_ext.nnet.aam import AAMCrossEntropy
+from speechbrain_ext.nnet.l2sp import L2SP, normalised_loss
+from speechbrain_ext.nnet.label_correction import correct_labels
+from speechbrain_ext.nnet.loss_gate import (
     DegenerateFitError,
     DynamicLossGate,
     crossing_threshold,
     fit_threshold,
 )
-from speechbrain_ext.sampler import SpeakerBalancedBatchSampler
 
 
 def reference_aam_ce(cosine, targets, m, s):

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speechbrain_ext.io_utils import CorruptFileError, UnsafeCheckpointError
-from speechbrain_ext.wavlm import (
+from speechbrain_ext.lobes.wavlm import (
     WavLM,
     WavLMCheckpointError,
     WavLMConfig,
@@ -19,6 +18,10 @@ from speechbrain_ext.wavlm import (
     save_wavlm,
     state_dict_from_hf,
     state_dict_to_hf,
+)
+from speechbrain_ext.utils.io_utils import (
+    CorruptFileError,
+    UnsafeCheckpointError,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -292,7 +295,7 @@ def test_original_layout_loads_and_logs_ignored_keys(tmp_path, caplog):
     model = WavLM(CONFIGS["large_like"]).eval()
     path = tmp_path / "WavLM-Tiny.pt"
     write_original_checkpoint(model, path)
-    with caplog.at_level(logging.INFO, logger="speechbrain_ext.wavlm"):
+    with caplog.at_level(logging.INFO, logger="speechbrain_ext.lobes.wavlm"):
         loaded = load_wavlm(path)
     assert "final_proj.weight, label_embs_concat, mask_emb" in caplog.text
     assert not loaded.training

@@ -1,0 +1,2 @@
+"""Data preparation: VoxCeleb, MUSAN and RIR manifests, trial lists, and the
+built-in synthetic speaker corpus."""

@@ -1,0 +1,411 @@
+"""Writing an embedding model as a SpeechBrain pretrained folder.
+
+The folder holds ``hyperparams.yaml`` (the architecture written out with
+``!new:speechbrain_ext...``, identity feature modules, a ``Pretrainer`` and
+the verification ``threshold``), ``embedding_model.ckpt`` (the state dict),
+``custom.py`` (for ``foreign_class``), ``export_info.json`` (where the
+weights and the threshold come from) and a ``README.md`` with usage. Every
+file is written atomically; the folder loads offline with
+``SpeakerRecognition.from_hparams(source=DIR, savedir=...)``.
+
+Example
+-------
+>>> from speechbrain_ext.lobes.embedding_model import WavLMMHFA
+>>> from speechbrain_ext.lobes.mhfa import MHFA
+>>> from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
+>>> model = WavLMMHFA(WavLM(WavLMConfig.tiny()), MHFA(3, 64, 4, 8, 16))
+>>> print(model_yaml(model).splitlines()[0])
+wavlm_config: !new:speechbrain_ext.lobes.wavlm.WavLMConfig
+"""
+
+import dataclasses
+import json
+import os
+
+from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
+from speechbrain_ext.utils.io_utils import atomic_open, atomic_torch_save
+from speechbrain_ext.verification.extraction import embed_full_utterances
+from speechbrain_ext.verification.metrics import eer, split_scores
+from speechbrain_ext.verification.scoring import (
+    check_files_exist,
+    file_vectors,
+    read_trials,
+    score_trials,
+)
+
+DEFAULT_THRESHOLD = 0.25
+
+
+def mhfa_arguments(mhfa):
+    """The constructor arguments of an MHFA module, read off its layers.
+
+    Arguments
+    ---------
+    mhfa : speechbrain_ext.lobes.mhfa.MHFA
+        The back-end.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.mhfa import MHFA
+    >>> mhfa_arguments(MHFA(3, 64, 4, 8, 16))["n_heads"]
+    4
+    """
+    return {
+        "n_layers": int(mhfa.n_layers),
+        "input_size": mhfa.cmp_linear_k.in_features,
+        "n_heads": mhfa.att_head.out_features,
+        "compression_size": mhfa.cmp_linear_k.out_features,
+        "output_size": mhfa.pooling_fc.out_features,
+    }
+
+
+def wavlm_arguments(config):
+    """A WavLM config as plain values (pre-training-only ``extra`` dropped).
+
+    Arguments
+    ---------
+    config : speechbrain_ext.lobes.wavlm.WavLMConfig
+        The config.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.wavlm import WavLMConfig
+    >>> wavlm_arguments(WavLMConfig.tiny())["conv_layers"][0]
+    [32, 10, 5]
+    """
+    values = {}
+    for field in dataclasses.fields(config):
+        if field.name == "extra":
+            continue
+        values[field.name] = getattr(config, field.name)
+    values["conv_layers"] = [list(layer) for layer in config.conv_layers]
+    return values
+
+
+def _block(tag, arguments):
+    """A YAML mapping under a ``!new:`` tag, values dumped safely."""
+    # JSON values are valid YAML and keep nested lists on one line.
+    return f"{tag}\n" + "".join(
+        f"    {key}: {json.dumps(value)}\n" for key, value in arguments.items()
+    )
+
+
+def model_yaml(model):
+    """HyperPyYAML that rebuilds ``model``, untrained.
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        The model.
+
+    Returns
+    -------
+    str
+        Defines ``embedding_model`` (and, for WavLM + MHFA, its parts
+        ``wavlm_config``, ``wavlm``, ``mhfa``).
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
+    >>> print(model_yaml(FbankECAPA(20, [8, 8, 8, 8, 24], 8, 8, 16)))
+    embedding_model: !new:speechbrain_ext.lobes.ecapa_embedding.FbankECAPA
+        n_mels: 20
+        channels: [8, 8, 8, 8, 24]
+        attention_channels: 8
+        se_channels: 8
+        embedding_size: 16
+    <BLANKLINE>
+    """
+    if isinstance(model, FbankECAPA):
+        return "embedding_model: " + _block(
+            "!new:speechbrain_ext.lobes.ecapa_embedding.FbankECAPA",
+            model.arguments,
+        )
+    return (
+        "wavlm_config: "
+        + _block(
+            "!new:speechbrain_ext.lobes.wavlm.WavLMConfig",
+            wavlm_arguments(model.wavlm.config),
+        )
+        + "wavlm: !new:speechbrain_ext.lobes.wavlm.WavLM\n"
+        "    config: !ref <wavlm_config>\n"
+        "mhfa: "
+        + _block(
+            "!new:speechbrain_ext.lobes.mhfa.MHFA", mhfa_arguments(model.mhfa)
+        )
+        + "embedding_model: "
+        "!new:speechbrain_ext.lobes.embedding_model.WavLMMHFA\n"
+        "    wavlm: !ref <wavlm>\n"
+        "    mhfa: !ref <mhfa>\n"
+    )
+
+
+_HEADER = """\
+# ############################################################################
+# Speaker embedding model (self-supervised speaker verification recipe)
+# Loads with speechbrain.inference.speaker.SpeakerRecognition.from_hparams or
+# speechbrain_ext.pretrained.inference.WavLMSpeakerVerification.from_hparams.
+# Needs the speechbrain_ext package of the recipe on the Python path.
+# ############################################################################
+
+sample_rate: 16000
+# Cosine threshold of verify_batch / verify_files in
+# WavLMSpeakerVerification: {threshold_origin}
+threshold: {threshold}
+
+"""
+
+_FOOTER = """
+compute_features: !new:speechbrain_ext.pretrained.inference.PassThrough
+mean_var_norm: !new:speechbrain_ext.pretrained.inference.PassThrough
+
+modules:
+    compute_features: !ref <compute_features>
+    mean_var_norm: !ref <mean_var_norm>
+    embedding_model: !ref <embedding_model>
+
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        embedding_model: !ref <embedding_model>
+"""
+
+_CUSTOM = '''\
+"""Interface class for speechbrain.inference.interfaces.foreign_class."""
+
+from speechbrain_ext.pretrained.inference import WavLMSpeakerVerification
+
+__all__ = ["WavLMSpeakerVerification"]
+'''
+
+_README = """\
+# Speaker embeddings (self-supervised speaker verification recipe)
+
+Exported by `recipes/export_pretrained.py` of the self-supervised speaker
+verification recipe. Embedding size {embedding_size}; 16 kHz mono input
+(`load_audio` resamples and down-mixes files).
+
+Verification threshold (cosine): **{threshold:.4f}** — {threshold_origin}
+
+## Usage (offline; needs `speechbrain` and this recipe's `speechbrain_ext`)
+
+```python
+from speechbrain.inference.speaker import SpeakerRecognition
+
+model = SpeakerRecognition.from_hparams(source="{folder}", savedir="tmp")
+embeddings = model.encode_batch(wavs, wav_lens)  # [B, 1, {embedding_size}]
+score, _ = model.verify_files("a.wav", "b.wav")
+same_speaker = score > model.hparams.threshold
+```
+
+SpeechBrain's own `verify_batch` / `verify_files` decide with its default
+threshold (0.25) unless given `threshold=`; this class uses the stored one:
+
+```python
+from speechbrain_ext.pretrained.inference import WavLMSpeakerVerification
+
+model = WavLMSpeakerVerification.from_hparams(source="{folder}", savedir="tmp")
+score, same_speaker = model.verify_files("a.wav", "b.wav")
+```
+
+or, through SpeechBrain alone:
+`foreign_class(source="{folder}", pymodule_file="custom.py",
+classname="WavLMSpeakerVerification")`.
+
+Padding in a batch does not change the embeddings when `wav_lens` (relative
+lengths) is given. Files: `hyperparams.yaml`, `embedding_model.ckpt`,
+`custom.py`, `export_info.json`.
+"""
+
+
+def export_model(model, folder, threshold=None, info=None):
+    """Write ``model`` as a SpeechBrain pretrained folder.
+
+    Arguments
+    ---------
+    model : speechbrain_ext.lobes.embedding_model.WavLMMHFA
+        The trained model.
+    folder : str
+        Output folder (created; files replaced atomically).
+    threshold : float, optional
+        Cosine decision threshold; SpeechBrain's 0.25 when not calibrated.
+    info : dict, optional
+        Provenance written to ``export_info.json`` (source checkpoint, how
+        the threshold was chosen...); ``threshold_origin`` (str) also goes
+        to the YAML comment and the README.
+
+    Returns
+    -------
+    str
+        The folder.
+    """
+    info = dict(info or {})
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLD
+        info.setdefault(
+            "threshold_origin",
+            "not calibrated (no development trial list): SpeechBrain's "
+            "default 0.25",
+        )
+    info.setdefault("threshold_origin", "given")
+    info["threshold"] = float(threshold)
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(state, os.path.join(folder, "embedding_model.ckpt"))
+    with atomic_open(os.path.join(folder, "custom.py")) as f:
+        f.write(_CUSTOM)
+    with atomic_open(os.path.join(folder, "export_info.json")) as f:
+        json.dump(info, f, indent=2)
+    with atomic_open(os.path.join(folder, "README.md")) as f:
+        f.write(
+            _README.format(
+                folder=os.path.abspath(folder),
+                threshold=float(threshold),
+                threshold_origin=info["threshold_origin"],
+                embedding_size=embedding_size(model),
+            )
+        )
+    # Last, so that a folder with hyperparams.yaml is complete.
+    with atomic_open(os.path.join(folder, "hyperparams.yaml")) as f:
+        f.write(
+            _HEADER.format(
+                threshold=repr(float(threshold)),
+                threshold_origin=info["threshold_origin"],
+            )
+        )
+        f.write(model_yaml(model))
+        f.write(_FOOTER)
+    return folder
+
+
+def embedding_size(model):
+    """Output size of a ``WavLMMHFA`` or ``FbankECAPA``.
+
+    Arguments
+    ---------
+    model : WavLMMHFA or FbankECAPA
+        The model.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.embedding_model import WavLMMHFA
+    >>> from speechbrain_ext.lobes.mhfa import MHFA
+    >>> from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
+    >>> embedding_size(WavLMMHFA(WavLM(WavLMConfig.tiny()),
+    ...                          MHFA(3, 64, 4, 8, 16)))
+    16
+    """
+    if isinstance(model, FbankECAPA):
+        return model.arguments["embedding_size"]
+    return mhfa_arguments(model.mhfa)["output_size"]
+
+
+def calibrate_threshold(model, trials, data_folder, **kwargs):
+    """The cosine threshold at the EER point of a development trial list.
+
+    Scores are what ``verify_batch`` computes: the cosine of full-utterance
+    embeddings; ``score > threshold`` accepts, as SpeechBrain decides.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The embedding model.
+    trials : speechbrain_ext.verification.scoring.Trials
+        The development trial list.
+    data_folder : str
+        Its wav root.
+    **kwargs
+        Passed to
+        :func:`speechbrain_ext.verification.extraction.embed_full_utterances`.
+
+    Returns
+    -------
+    threshold : float
+    eer_percent : float
+        The EER on the list at that threshold.
+    """
+    check_files_exist(trials.files, data_folder, trials.path)
+    files = trials.files
+    full = embed_full_utterances(
+        model, [os.path.join(data_folder, f) for f in files], **kwargs
+    )
+    enrol, test = trials.indices(files)
+    scores = score_trials(file_vectors("cosine", full), enrol, test)
+    positive, negative = split_scores(scores, trials.labels, trials.path)
+    value, threshold = eer(positive, negative)
+    return threshold, 100 * value
+
+
+def calibrate_on_dev_trials(
+    model, trials_file, data_folder, device="cpu", **kwargs
+):
+    """:func:`calibrate_threshold` on a trial list file, with provenance.
+
+    The model runs on ``device`` and is moved back to the CPU afterwards.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The embedding model.
+    trials_file : str
+        The development trial list (``LABEL ENROL TEST``).
+    data_folder : str
+        Its wav root.
+    device : str
+        Where the embeddings are computed.
+    **kwargs
+        Passed to
+        :func:`speechbrain_ext.verification.extraction.embed_full_utterances`.
+
+    Returns
+    -------
+    threshold : float
+    info : dict
+        ``threshold_origin``, ``dev_trials`` and ``dev_EER_percent``, for
+        the ``info`` of :func:`export_model`.
+
+    Example
+    -------
+    >>> import os, tempfile, soundfile, numpy as np
+    >>> from speechbrain_ext.pretrained.checkpoints import build_architecture
+    >>> folder = tempfile.mkdtemp()
+    >>> rng = np.random.default_rng(0)
+    >>> for name in ("a/v/1.wav", "a/v/2.wav", "b/v/1.wav"):
+    ...     os.makedirs(os.path.dirname(os.path.join(folder, name)),
+    ...                 exist_ok=True)
+    ...     soundfile.write(os.path.join(folder, name),
+    ...                     0.1 * rng.standard_normal(8000), 16000)
+    >>> with open(os.path.join(folder, "trials.txt"), "w") as f:
+    ...     _ = f.write("1 a/v/1.wav a/v/2.wav\\n0 a/v/1.wav b/v/1.wav\\n")
+    >>> model = build_architecture("tiny", 4, 8, 16).eval()
+    >>> threshold, info = calibrate_on_dev_trials(
+    ...     model, os.path.join(folder, "trials.txt"), folder, progress=False)
+    >>> info["threshold_origin"].startswith("EER point"), sorted(info)
+    (True, ['dev_EER_percent', 'dev_trials', 'threshold_origin'])
+    """
+    trials = read_trials(trials_file)
+    threshold, dev_eer = calibrate_threshold(
+        model.to(device), trials, data_folder, device=device, **kwargs
+    )
+    model.cpu()
+    path = os.path.abspath(trials.path)
+    info = {
+        "threshold_origin": (
+            f"EER point of the full-utterance cosine on {path} "
+            f"({len(trials.labels)} trials, EER {dev_eer:.2f}%)"
+        ),
+        "dev_trials": path,
+        "dev_EER_percent": dev_eer,
+    }
+    return threshold, info

@@ -1,0 +1,456 @@
+"""The augmented view of the reference: one of six equally likely choices.
+
+Per utterance: none; reverberation with a simulated room impulse response
+(SpeechBrain's ``reverberate``); MUSAN music at 5-15 dB SNR; babble, 3-8 MUSAN
+speech files each added at its own SNR drawn in 13-20 dB (so the babble as a
+whole is at 6-14 dB, as in the reference); MUSAN noise at 0-15 dB; babble +
+music. Music and noise are mixed by SpeechBrain's ``AddNoise`` (SNR drawn
+per utterance); its ``noise_funct`` draws the noise files here, and
+:class:`RandomFileReverb` draws the RIR file, so that every random choice
+follows the caller's random seed and nothing depends on what was augmented
+before (SpeechBrain's ``AddReverb`` walks an internal data loader over the
+RIRs, a position no checkpoint holds, so a resumed run would draw other
+RIRs). ``AddNoise`` mixes one
+noise signal at one SNR, so babble, whose files each have their own SNR, is
+mixed by :class:`Babble`. The reference meant babble + music but applied
+music only; ``music_only_for_babble_music=True`` reproduces that.
+
+The files come from the CSVs of :mod:`data_prep.augmentation` (MUSAN
+``music``, ``speech``, ``noise`` and the simulated RIRs).
+"""
+
+import csv
+import logging
+
+import soundfile
+import torch
+from speechbrain.augment.time_domain import AddNoise
+from speechbrain.processing.signal_processing import reverberate
+from torch import nn
+
+from speechbrain_ext.dataio.audio import read_audio, wrap_pad
+
+logger = logging.getLogger(__name__)
+
+CHOICES = ("none", "reverb", "music", "babble", "noise", "babble_music")
+
+
+class RandomFileNoise:
+    """Noise made of a random crop of a random file (an ``AddNoise`` source).
+
+    Arguments
+    ---------
+    files : list of str
+        Audio files (16 kHz mono).
+    sample_rate : int
+        Expected sample rate.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "n.wav")
+    >>> soundfile.write(path, np.random.randn(800).astype("float32"), 16000)
+    >>> RandomFileNoise([path])(torch.zeros(2, 1000)).shape
+    torch.Size([2, 1000])
+    """
+
+    def __init__(self, files, sample_rate=16000):
+        self.files = list(files)
+        self.sample_rate = sample_rate
+        self._frames = {}
+
+    def crop(self, path, length):
+        """A random ``length``-sample crop of ``path``, unit RMS.
+
+        Arguments
+        ---------
+        path : str
+            Audio file (wrap-padded when shorter than ``length``).
+        length : int
+            Samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[length]``.
+        """
+        if path not in self._frames:
+            self._frames[path] = soundfile.info(path).frames
+        frames = self._frames[path]
+        start = int(torch.randint(0, max(1, frames - length + 1), ()).item())
+        wav = read_audio(path, self.sample_rate, start, start + length)
+        wav = wrap_pad(wav, length)
+        return wav / wav.pow(2).mean().sqrt().clamp_min(1e-8)
+
+    def __call__(self, waveforms):
+        """Noise shaped like ``waveforms``.
+
+        Arguments
+        ---------
+        waveforms : torch.Tensor
+            ``[batch, samples]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, samples]``.
+        """
+        rows = []
+        for _ in range(waveforms.shape[0]):
+            pick = int(torch.randint(0, len(self.files), ()).item())
+            rows.append(self.crop(self.files[pick], waveforms.shape[1]))
+        return torch.stack(rows).to(waveforms)
+
+
+def mix_at_snrs(clean, noises, snrs):
+    """Add each noise to ``clean`` at its own SNR (relative to ``clean``).
+
+    Noise ``i`` is scaled so that ``10 log10(P_clean / P_noise_i)`` equals
+    ``snrs[i]`` (``P``: mean power), then all are added to the unscaled
+    clean signal, as the reference mixes babble.
+
+    Arguments
+    ---------
+    clean : torch.Tensor
+        ``[samples]``.
+    noises : torch.Tensor
+        ``[n, samples]``.
+    snrs : torch.Tensor
+        ``[n]`` in dB.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[samples]``.
+
+    Example
+    -------
+    >>> clean = torch.ones(4)
+    >>> mix_at_snrs(clean, torch.ones(2, 4), torch.tensor([0.0, 20.0]))
+    tensor([2.1000, 2.1000, 2.1000, 2.1000])
+    """
+    clean_power = clean.pow(2).mean()
+    noise_power = noises.pow(2).mean(dim=1).clamp_min(1e-20)
+    gains = torch.sqrt(clean_power / noise_power * 10 ** (-snrs / 10))
+    return clean + (gains[:, None] * noises).sum(0)
+
+
+class Babble(nn.Module):
+    """Babble as in the reference: several speech files, each at its own SNR.
+
+    For each utterance, ``n_speakers`` (uniform in an inclusive range)
+    different files are drawn, a random crop of each, and each crop is added
+    at an SNR drawn apart in ``snr`` (:func:`mix_at_snrs`), so the babble as
+    a whole is louder than any one of them (3-8 files at 13-20 dB each:
+    6.1-14.3 dB, 9.0 dB on average). SpeechBrain's ``AddNoise`` mixes one
+    signal at one SNR, hence this module.
+
+    Arguments
+    ---------
+    files : list of str
+        MUSAN speech files (16 kHz mono).
+    snr : tuple of float
+        Range of each file's SNR in dB.
+    n_speakers : tuple of int
+        Inclusive range of the number of files.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.wav")
+    >>> soundfile.write(path, np.random.randn(800).astype("float32"), 16000)
+    >>> Babble([path])(torch.randn(2, 1000), torch.ones(2)).shape
+    torch.Size([2, 1000])
+    """
+
+    def __init__(self, files, snr=(13.0, 20.0), n_speakers=(3, 8)):
+        super().__init__()
+        self.source = RandomFileNoise(files)
+        self.snr = snr
+        self.n_speakers = n_speakers
+
+    def forward(self, waveforms, lengths=None):
+        """Add babble to each row.
+
+        Arguments
+        ---------
+        waveforms : torch.Tensor
+            ``[batch, samples]``.
+        lengths : torch.Tensor, optional
+            Unused (every row is a full crop); ``AddNoise``'s signature.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, samples]``.
+        """
+        del lengths
+        files = self.source.files
+        rows = []
+        for clean in waveforms:
+            low, high = self.n_speakers
+            n = int(torch.randint(low, high + 1, ()).item())
+            # Distinct files (random.sample in the reference) when there are
+            # enough of them.
+            if len(files) >= n:
+                picks = torch.randperm(len(files))[:n].tolist()
+            else:
+                picks = torch.randint(0, len(files), (n,)).tolist()
+            noises = torch.stack(
+                [self.source.crop(files[i], clean.shape[-1]) for i in picks]
+            ).to(clean)
+            snrs = torch.empty(n).uniform_(*self.snr).to(clean)
+            rows.append(mix_at_snrs(clean, noises, snrs))
+        return torch.stack(rows)
+
+
+class RandomFileReverb(nn.Module):
+    """Reverberation with a random RIR file per utterance.
+
+    SpeechBrain's ``reverberate`` convolves (keeping the direct path
+    aligned and the average amplitude, as ``AddReverb`` does); the RIR is
+    drawn with torch's random generator, so a seeded caller gets the same
+    RIR whatever came before.
+
+    Arguments
+    ---------
+    files : list of str
+        RIR audio files.
+    sample_rate : int
+        Expected sample rate.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "rir.wav")
+    >>> rir = np.zeros(400, "float32"); rir[[10, 200]] = [1.0, 0.3]
+    >>> soundfile.write(path, rir, 16000)
+    >>> RandomFileReverb([path])(torch.randn(2, 1000)).shape
+    torch.Size([2, 1000])
+    """
+
+    def __init__(self, files, sample_rate=16000):
+        super().__init__()
+        self.files = list(files)
+        self.sample_rate = sample_rate
+
+    def forward(self, waveforms):
+        """Reverberate each row with its own random RIR.
+
+        Arguments
+        ---------
+        waveforms : torch.Tensor
+            ``[batch, samples]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, samples]``.
+        """
+        rows = []
+        for row in waveforms:
+            pick = int(torch.randint(0, len(self.files), ()).item())
+            rir = read_audio(self.files[pick], self.sample_rate).to(row)
+            rows.append(
+                reverberate(row[None, :, None], rir[None, :, None], "avg")
+            )
+        return torch.cat(rows).squeeze(-1)
+
+
+class SixWayAugment(nn.Module):
+    """Apply one of the six reference augmentations to each utterance.
+
+    A choice whose data is missing (no RIR csv, no music files, ...) leaves
+    the utterance clean; with no data at all the module is the identity and
+    ``enabled`` is False.
+
+    Arguments
+    ---------
+    music_files, speech_files, noise_files : list of str
+        MUSAN files of each kind.
+    rir_csv : str or None
+        A SpeechBrain CSV of RIR files.
+    music_snr, babble_snr, noise_snr : tuple of float
+        SNR ranges in dB.
+    babble_speakers : tuple of int
+        Number of speech files in a babble, inclusive range (each file gets
+        its own SNR drawn in ``babble_snr``).
+    music_only_for_babble_music : bool
+        Reproduce the reference's bug: "babble + music" applies music only.
+
+    Example
+    -------
+    >>> augment = SixWayAugment()
+    >>> augment.enabled
+    False
+    >>> wav = torch.randn(16000)
+    >>> torch.equal(augment(wav)[0], wav)
+    True
+    """
+
+    def __init__(
+        self,
+        music_files=(),
+        speech_files=(),
+        noise_files=(),
+        rir_csv=None,
+        music_snr=(5.0, 15.0),
+        babble_snr=(13.0, 20.0),
+        noise_snr=(0.0, 15.0),
+        babble_speakers=(3, 8),
+        music_only_for_babble_music=False,
+    ):
+        super().__init__()
+        self.music_only_for_babble_music = music_only_for_babble_music
+        self.ops = {}
+        if music_files:
+            self.ops["music"] = self._add_noise(music_files, music_snr)
+        if speech_files:
+            self.ops["babble"] = Babble(
+                speech_files, babble_snr, babble_speakers
+            )
+        if noise_files:
+            self.ops["noise"] = self._add_noise(noise_files, noise_snr)
+        if rir_csv:
+            self.ops["reverb"] = RandomFileReverb(read_csv_files(rir_csv))
+        self.enabled = bool(self.ops)
+
+    @staticmethod
+    def _add_noise(files, snr):
+        return AddNoise(
+            snr_low=snr[0],
+            snr_high=snr[1],
+            noise_funct=RandomFileNoise(files),
+        )
+
+    def _apply(self, name, wav):
+        if name == "none" or name not in self.ops:
+            return wav
+        if name == "reverb":
+            return self.ops[name](wav)
+        return self.ops[name](wav, torch.ones(wav.shape[0]))
+
+    def forward(self, wav):
+        """Augment one utterance with a randomly chosen augmentation.
+
+        Arguments
+        ---------
+        wav : torch.Tensor
+            ``[samples]``.
+
+        Returns
+        -------
+        augmented : torch.Tensor
+            ``[samples]``.
+        choice : str
+            One of :data:`CHOICES`.
+        """
+        choice = CHOICES[int(torch.randint(0, len(CHOICES), ()).item())]
+        return self.apply_choice(wav, choice), choice
+
+    def apply_choice(self, wav, choice):
+        """Apply one given augmentation.
+
+        Arguments
+        ---------
+        wav : torch.Tensor
+            ``[samples]``.
+        choice : str
+            One of :data:`CHOICES`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[samples]``.
+        """
+        out = wav.unsqueeze(0)
+        if choice == "babble_music":
+            if not self.music_only_for_babble_music:
+                out = self._apply("babble", out)
+            out = self._apply("music", out)
+        else:
+            out = self._apply(choice, out)
+        return out.squeeze(0)
+
+
+def read_csv_files(csv_path):
+    """The ``wav`` column of a SpeechBrain noise/RIR CSV.
+
+    Arguments
+    ---------
+    csv_path : str or None
+        CSV with columns ``ID,duration,wav,...``; None gives an empty list.
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "n.csv")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("ID,duration,wav,wav_format,wav_opts\\n")
+    ...     _ = f.write("a,1.0,/x/a.wav,wav,\\n")
+    >>> read_csv_files(path)
+    ['/x/a.wav']
+    """
+    if not csv_path:
+        return []
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        return [row["wav"] for row in csv.DictReader(f)]
+
+
+def build_augmenter(csv_files=None, music_only_for_babble_music=False):
+    """A :class:`SixWayAugment` from augmentation CSVs, logging coverage.
+
+    Arguments
+    ---------
+    csv_files : dict, optional
+        CSV paths under ``music``, ``speech``, ``noise``, ``rir`` (those
+        available), as written by
+        :func:`data_prep.augmentation.prepare_augmentation`.
+    music_only_for_babble_music : bool
+        See :class:`SixWayAugment`.
+
+    Returns
+    -------
+    SixWayAugment
+
+    Example
+    -------
+    >>> build_augmenter({}).enabled
+    False
+    """
+    csv_files = csv_files or {}
+    kinds = {
+        kind: read_csv_files(csv_files.get(kind))
+        for kind in ("music", "speech", "noise")
+    }
+    augmenter = SixWayAugment(
+        kinds["music"],
+        kinds["speech"],
+        kinds["noise"],
+        csv_files.get("rir"),
+        music_only_for_babble_music=music_only_for_babble_music,
+    )
+    if not augmenter.enabled:
+        logger.warning(
+            "NO DATA AUGMENTATION: no MUSAN or RIR files were given "
+            "(noise_folder / rir_folder); training on clean crops only"
+        )
+    else:
+        missing = [
+            name
+            for name in ("music", "babble", "noise", "reverb")
+            if name not in augmenter.ops
+        ]
+        logger.info(
+            "Augmentation: %d music, %d speech, %d noise files, RIRs %s%s",
+            len(kinds["music"]),
+            len(kinds["speech"]),
+            len(kinds["noise"]),
+            csv_files.get("rir"),
+            f"; missing (left clean): {missing}" if missing else "",
+        )
+    return augmenter

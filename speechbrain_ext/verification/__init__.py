@@ -1,0 +1,3 @@
+"""Verification: embedding extraction, trial scoring, EER/minDCF, clustering
+into pseudo-labels and pseudo-label diagnostics.
+"""
