@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
-import speechbrain_ext.lobes.wavlm as wavlm_module
+import speechbrain_ext.lobes.wavlm.model as wavlm_module
 import train
 from speechbrain_ext.dataio.audio import evenly_spaced_crops
 from speechbrain_ext.dataio.augment import SixWayAugment, mix_at_snrs
