@@ -11,7 +11,7 @@ Example
 >>> WavLMConfig.base_plus().encoder_layers
 12
 >>> format_conv_feature_layers(WavLMConfig.tiny().conv_layers)
-'[(32, 10, 5), (32, 3, 2), (32, 7, 4), (32, 9, 8)]'
+'[(32,10,5)] + [(32,3,2)] + [(32,7,4)] + [(32,9,8)]'
 """
 
 import ast

@@ -179,6 +179,7 @@ def state_dict_to_hf(state_dict, extractor_mode="default"):
 
     Example
     -------
+    >>> from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
     >>> hf = state_dict_to_hf(WavLM(WavLMConfig.tiny()).state_dict())
     >>> "encoder.layers.0.attention.rel_attn_embed.weight" in hf
     True
@@ -209,6 +210,7 @@ def state_dict_from_hf(hf_state_dict, extractor_mode="default"):
 
     Example
     -------
+    >>> from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
     >>> state = WavLM(WavLMConfig.tiny()).state_dict()
     >>> back, dropped = state_dict_from_hf(state_dict_to_hf(state))
     >>> sorted(back) == sorted(state), dropped
