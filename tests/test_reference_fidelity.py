@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
+from tiny_models import tiny_wavlm_mhfa
 
 import speechbrain_ext.lobes.wavlm as wavlm_module
 import train
@@ -30,7 +31,6 @@ from speechbrain_ext.lobes.classifier import CosineClassifier
 from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
 from speechbrain_ext.nnet.aam import AAMCrossEntropy, log_cross_entropy
 from speechbrain_ext.nnet.loss_gate import DynamicLossGate, fit_threshold
-from speechbrain_ext.pretrained.checkpoints import build_architecture
 
 MARGIN, SCALE = 0.2, 30.0
 
@@ -115,7 +115,7 @@ def make_brain(n_classes=8):
         "run_name": "test",
     }
     modules = {
-        "embedding_model": build_architecture("tiny", 4, 8, 16),
+        "embedding_model": tiny_wavlm_mhfa(4, 8, 16),
         "classifier": CosineClassifier(16, n_classes),
     }
     return train.PseudoLabelBrain(
