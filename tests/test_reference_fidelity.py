@@ -24,6 +24,7 @@ from tiny_models import tiny_wavlm_mhfa
 
 import speechbrain_ext.lobes.wavlm as wavlm_module
 import train
+from data_prep.augmentation import write_audio_csv
 from speechbrain_ext.dataio.audio import evenly_spaced_crops
 from speechbrain_ext.dataio.augment import SixWayAugment, mix_at_snrs
 from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
@@ -384,7 +385,8 @@ def test_babble_snr_distribution_is_the_reference_one(tmp_path):
         noise = rng.standard_normal(16000) * (0.02 + 0.02 * i)
         soundfile.write(path, noise.astype("float32"), 16000)
         files.append(path)
-    augment = SixWayAugment(speech_files=files)
+    write_audio_csv(files, str(tmp_path / "speech.csv"))
+    augment = SixWayAugment(speech_csv=str(tmp_path / "speech.csv"))
     torch.manual_seed(0)
     clean = torch.sin(torch.arange(8000) * 0.05) * 0.5
     snrs = []
