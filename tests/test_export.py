@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from tiny_models import save_training_checkpoint
+from tiny_models import save_training_checkpoint, tiny_wavlm_mhfa
 
 from speechbrain_ext.dataio.audio import read_audio
+from speechbrain_ext.pretrained.checkpoints import CheckpointMismatchError
 from speechbrain_ext.pretrained.export import (
     calibrate_threshold,
     missing_package_message,
@@ -212,6 +213,25 @@ def test_without_the_package_one_line_says_how_to_install_it(
         "wavlm-ssl-sv), which is not installed: "
     )
     assert lines[0].endswith(f"pip install -e {ROOT}")
+
+
+def test_weights_that_do_not_fit_are_one_line(exported, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    torch.save(
+        tiny_wavlm_mhfa(4, 8, 32).state_dict(),
+        broken / "embedding_model.ckpt",
+    )
+    with pytest.raises(CheckpointMismatchError) as error:
+        WavLMSpeakerVerification.from_hparams(
+            source=str(broken), savedir=str(tmp_path / "sd")
+        )
+    message = str(error.value)
+    assert message.startswith(f"{broken / 'embedding_model.ckpt'}: ")
+    assert "mhfa.pooling_fc.weight (32, 32) in checkpoint vs (16, 32)" in (
+        message
+    )
+    assert "\n" not in message and len(message) < 400, message
 
 
 def test_stored_threshold_drives_decisions(exported, tmp_path):
