@@ -44,9 +44,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from data_prep.augmentation import augmentation_csvs, prepare_augmentation
+from data_prep.augmentation import prepare_augmentation
 from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
-from speechbrain_ext.dataio.augment import build_augmenter
 from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
 from speechbrain_ext.nnet.aam import log_cross_entropy
@@ -594,7 +593,8 @@ class PseudoLabelBrain(sb.core.Brain):
         super().optimizers_step()
 
     def init_optimizers(self):
-        """AdamW with the reference's parameter groups and the LR decay."""
+        """AdamW with the reference's parameter groups and the hparams'
+        ``lr_scheduler`` (the reference's decay) on them."""
         hp = self.hparams
         groups = parameter_groups(
             _unwrap(self.modules.embedding_model),
@@ -603,9 +603,7 @@ class PseudoLabelBrain(sb.core.Brain):
         )
         self.optimizer = self.opt_class(groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
-        self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(
-            self.optimizer, gamma=hp.lr_decay
-        )
+        self.lr_scheduler = hp.lr_scheduler(self.optimizer)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
@@ -800,21 +798,6 @@ def read_train_list(path, data_folder, n_classes):
     return labels, paths
 
 
-def augmentation_folder(hparams):
-    """Where the MUSAN / RIR manifests are written.
-
-    Arguments
-    ---------
-    hparams : dict
-        Loaded hparams.
-
-    Returns
-    -------
-    str
-    """
-    return os.path.join(hparams["output_folder"], "augmentation")
-
-
 def dataio_prep(hparams, labels, paths):
     """Dataset (clean crop, augmented view, label) and its batch sampler.
 
@@ -855,10 +838,8 @@ def dataio_prep(hparams, labels, paths):
         seed=hparams["seed"],
         defer_repeats=hparams["defer_repeated_speakers"],
     )
-    augmenter = build_augmenter(
-        augmentation_csvs(augmentation_folder(hparams)),
-        hparams["music_only_for_babble_music"],
-    )
+    augmenter = hparams["augmenter"]
+    augmenter.log_coverage()
     crop = hparams["crop_samples"]
     rate = hparams["sample_rate"]
     seed = hparams["seed"]
@@ -978,7 +959,7 @@ def main(argv):
             hparams = load_hyperpyyaml(fin, overrides)
         run_on_main(
             prepare_augmentation,
-            args=[augmentation_folder(hparams)],
+            args=[hparams["augmentation_folder"]],
             kwargs={
                 "noise_folder": hparams["noise_folder"],
                 "rir_folder": hparams["rir_folder"],

@@ -27,7 +27,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import machine
-from speechbrain_ext.pretrained.checkpoints import build_architecture
+from speechbrain_ext.lobes.embedding_model import WavLMMHFA
+from speechbrain_ext.lobes.wavlm import WavLM
+from speechbrain_ext.pretrained.model_factory import mhfa_for, wavlm_config
 from speechbrain_ext.verification.extraction import embed_full_utterances
 
 
@@ -106,7 +108,8 @@ def main(argv=None):
     heads, compression, size = (64, 128, 256)
     if args.model == "tiny":
         heads, compression, size = (4, 8, 16)
-    model = build_architecture(args.model, heads, compression, size)
+    config = wavlm_config(args.model)
+    model = WavLMMHFA(WavLM(config), mhfa_for(config, heads, compression, size))
     model = model.to(device).eval()
     max_samples = 700_000
     with tempfile.TemporaryDirectory() as folder:

@@ -41,7 +41,10 @@ from speechbrain.utils.checkpoints import Checkpointer
 from benchmarks.bench_extract import make_files
 from benchmarks.common import machine
 from speechbrain_ext.dataio.embeddings_io import load_embeddings
-from speechbrain_ext.pretrained.checkpoints import build_architecture
+from speechbrain_ext.lobes.embedding_model import WavLMMHFA
+from speechbrain_ext.lobes.wavlm import WavLM
+from speechbrain_ext.pretrained.architecture import ArchitectureRecord
+from speechbrain_ext.pretrained.model_factory import mhfa_for, wavlm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"tiny": (4, 8, 16), "base_plus": (64, 128, 256)}
@@ -121,7 +124,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     heads, compression, size = SIZES[args.model]
     torch.manual_seed(0)
-    model = build_architecture(args.model, heads, compression, size)
+    config = wavlm_config(args.model)
+    model = WavLMMHFA(WavLM(config), mhfa_for(config, heads, compression, size))
     # name -> (processes, threads each, under torchrun)
     runs = {
         f"1 process x {args.threads} threads": (1, args.threads, False),
@@ -139,7 +143,13 @@ def main(argv=None):
         }
     with tempfile.TemporaryDirectory() as folder:
         save = os.path.join(folder, "train", "save")
-        Checkpointer(save, {"embedding_model": model}).save_checkpoint()
+        Checkpointer(
+            save,
+            {
+                "embedding_model": model,
+                "architecture": ArchitectureRecord(model),
+            },
+        ).save_checkpoint()
         wavs = os.path.join(folder, "wav")
         os.makedirs(wavs)
         paths = make_files(
@@ -152,10 +162,6 @@ def main(argv=None):
         arguments = [
             f"--data_folder={wavs}",
             f"--model_source={save}",
-            f"--wavlm_preset={args.model}",
-            f"--mhfa_heads={heads}",
-            f"--mhfa_compression={compression}",
-            f"--emb_dim={size}",
             f"--num_workers={args.num_workers}",
             "--noprogressbar",
             f"--shard_seconds={shard_seconds:.3f}",

@@ -107,7 +107,9 @@ def make_brain(cls, model, head, device, precision):
         lr_backend=5e-3,
         lr_wavlm=2e-5,
         llrd=1.0,
-        lr_decay=0.95,
+        lr_scheduler=functools.partial(
+            torch.optim.lr_scheduler.ExponentialLR, gamma=0.95
+        ),
     )
     brain = cls(
         modules={

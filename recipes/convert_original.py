@@ -33,6 +33,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from data_prep.voxceleb import TrialListError
 from speechbrain_ext.lobes.classifier import CosineClassifier
 from speechbrain_ext.lobes.wavlm import WavLMCheckpointError, load_wavlm
+from speechbrain_ext.pretrained.architecture import ArchitectureRecord
 from speechbrain_ext.pretrained.convert import (
     ReferenceCheckpointError,
     convert_reference,
@@ -123,7 +124,10 @@ def convert(args):
         len(state) - len(ignored),
         len(ignored),
     )
-    recoverables = {"embedding_model": model}
+    recoverables = {
+        "embedding_model": model,
+        "architecture": ArchitectureRecord(model),
+    }
     if classifier_weight is not None:
         classifier = CosineClassifier(
             classifier_weight.shape[1], classifier_weight.shape[0]

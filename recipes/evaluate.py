@@ -132,9 +132,7 @@ def evaluate(hparams, device, progress=True):
     cohort = load_cohort(
         hparams["cohort_embeddings"], hparams["cohort_size"], hparams["seed"]
     )
-    model, origin = load_embedding_model(
-        hparams["model_source"], hparams["embedding_model"]
-    )
+    model, origin = load_embedding_model(hparams["model_source"])
     if cohort is not None and cohort.shape[1] != embedding_size(model):
         sys.exit(
             f"{hparams['cohort_embeddings']}: cohort embeddings of dimension "

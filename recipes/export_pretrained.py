@@ -56,9 +56,7 @@ def export(hparams, device, progress=True):
     """
     if hparams["dev_trials"] and not hparams["data_folder"]:
         sys.exit("dev_trials is given but data_folder (its wav root) is not")
-    model, origin = load_embedding_model(
-        hparams["model_source"], hparams["embedding_model"]
-    )
+    model, origin = load_embedding_model(hparams["model_source"])
     info = {"source": os.path.abspath(origin)}
     threshold = None
     if hparams["dev_trials"]:

@@ -98,9 +98,7 @@ def extract(hparams, device, progress=True):
         main one writes the file).
     """
     keys = list_utterances(hparams)
-    model, origin = load_embedding_model(
-        hparams["model_source"], hparams["embedding_model"]
-    )
+    model, origin = load_embedding_model(hparams["model_source"])
     model.to(device)
     if if_main_process():
         logger.info("%d utterances, model from %s", len(keys), origin)

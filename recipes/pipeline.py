@@ -455,7 +455,6 @@ def plan_stages(hparams, run_options=()):
                 "trials": hparams["trials"],
                 "model_source": os.path.join(out, source, "save"),
                 "output_folder": os.path.join(out, f"eval_{source}"),
-                **model,
                 **hparams["evaluate_overrides"],
             },
             source,
@@ -528,7 +527,6 @@ def plan_stages(hparams, run_options=()):
                     "utterance_list": hparams["train_list"],
                     "model_source": os.path.join(out, name, "save"),
                     "output_file": embeddings,
-                    **model,
                     **hparams["extract_overrides"],
                 },
                 name,
@@ -560,7 +558,6 @@ def plan_stages(hparams, run_options=()):
         {
             "model_source": os.path.join(out, final, "save"),
             "output_folder": os.path.join(out, "export"),
-            **model,
             **hparams["export_overrides"],
         },
         None,

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 from data_prep.augmentation import (
     AugmentationDataError,
-    augmentation_csvs,
     prepare_augmentation,
 )
 from data_prep.voxceleb import read_trials
@@ -471,8 +470,8 @@ def dataio_prep(hparams, items, augmenter=None):
 def build_crop_augmenter(hparams):
     """The crop augmentation from the noise/RIR folders given (or none).
 
-    The MUSAN / RIR manifests are written (on the main process) under
-    ``<save_folder>/augmentation``.
+    The MUSAN / RIR manifests are written (on the main process) in the
+    hparams' ``augmentation_folder``, which ``crop_augmenter`` reads.
 
     Arguments
     ---------
@@ -486,16 +485,17 @@ def build_crop_augmenter(hparams):
     if not hparams["noise_folder"] and not hparams["rir_folder"]:
         logger.info("no noise_folder or rir_folder: crops are not augmented")
         return None
-    folder = os.path.join(hparams["save_folder"], "augmentation")
     run_on_main(
         prepare_augmentation,
         kwargs={
-            "output_folder": folder,
+            "output_folder": hparams["augmentation_folder"],
             "noise_folder": hparams["noise_folder"],
             "rir_folder": hparams["rir_folder"],
         },
     )
-    return hparams["crop_augmenter"](csv_files=augmentation_csvs(folder))
+    augmenter = hparams["crop_augmenter"]
+    augmenter.log_coverage()
+    return augmenter
 
 
 def write_external_embeddings(hparams, keys):

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from tiny_models import tiny_wavlm_mhfa
 
 from data_prep.synthetic import TINY_SIZES, generate_corpus
-from speechbrain_ext.pretrained.checkpoints import build_architecture
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +43,11 @@ def one_thread():
 def tiny_model():
     """A tiny random WavLM + MHFA (seed 0, eval mode), one per test module.
 
-    The stage scripts rebuild it with ``--wavlm_preset=tiny --mhfa_heads=4
-    --mhfa_compression=8 --emb_dim=16``.
+    The stage scripts rebuild it from the ``architecture.ckpt`` of its
+    checkpoint (``tiny_models.save_training_checkpoint``).
     """
     torch.manual_seed(0)
-    return build_architecture("tiny", 4, 8, 16).eval()
+    return tiny_wavlm_mhfa(4, 8, 16).eval()
 
 
 @pytest.fixture

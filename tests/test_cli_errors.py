@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from tiny_models import tiny_wavlm_mhfa
 
 import train
 from speechbrain_ext.dataio.embeddings_io import save_embeddings
 from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
-from speechbrain_ext.pretrained.checkpoints import build_architecture
+from speechbrain_ext.pretrained.architecture import (
+    ARCHITECTURE_FILE,
+    ArchitectureRecord,
+)
 from speechbrain_ext.utils import io_utils
 from speechbrain_ext.utils.atomic_checkpointer import AtomicCheckpointer
 from speechbrain_ext.utils.io_utils import (
@@ -87,10 +91,11 @@ def inputs(tiny_corpus, tmp_path_factory):
     )
     (folder / "random.pt").write_bytes(bytes(np.arange(3, 250, dtype="u1")))
     torch.save({"a": Evil(folder / "EXECUTED")}, folder / "evil.pt")
-    model = build_architecture("tiny", 4, 16, 32)
+    model = tiny_wavlm_mhfa(4, 16, 32)
     ckpt = folder / "ckpt" / "CKPT+x"
     ckpt.mkdir(parents=True)
     torch.save(model.state_dict(), ckpt / "embedding_model.ckpt")
+    ArchitectureRecord(model).save(str(ckpt / ARCHITECTURE_FILE))
     return {"folder": folder, "pl": str(folder / "pl.txt"), **tiny_corpus}
 
 
@@ -294,10 +299,6 @@ def test_one_sample_wav_at_extraction(inputs, tmp_path):
             f"--data_folder={data}",
             f"--model_source={inputs['folder'] / 'ckpt' / 'CKPT+x'}",
             f"--output_file={output}",
-            "--wavlm_preset=tiny",
-            "--mhfa_heads=4",
-            "--mhfa_compression=16",
-            "--emb_dim=32",
             "--num_workers=0",
             "--device=cpu",
         ],

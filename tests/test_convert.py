@@ -7,13 +7,11 @@ import os
 import pytest
 import torch
 from speechbrain.inference.speaker import SpeakerRecognition
+from tiny_models import tiny_wavlm_mhfa
 
 from speechbrain_ext.dataio.audio import read_audio
 from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
-from speechbrain_ext.pretrained.checkpoints import (
-    build_architecture,
-    load_embedding_model,
-)
+from speechbrain_ext.pretrained.checkpoints import load_embedding_model
 from speechbrain_ext.pretrained.convert import to_reference_state
 from speechbrain_ext.utils.io_utils import safe_torch_load
 
@@ -37,7 +35,7 @@ def reference(tmp_path_factory):
     """A fine-tuned model, its reference-layout checkpoint, a WavLM file."""
     folder = tmp_path_factory.mktemp("reference")
     torch.manual_seed(0)
-    model = build_architecture("tiny", 4, 8, 16).eval()
+    model = tiny_wavlm_mhfa(4, 8, 16).eval()
     classifier = torch.randn(11, 16)
     # The pre-trained WavLM: same architecture, other weights.
     save_wavlm(WavLM(WavLMConfig.tiny()), folder / "wavlm.pt")
@@ -74,10 +72,8 @@ def test_round_trip(reference, tiny_corpus, tmp_path, ddp):
         exported.encode_batch(wav), expected, atol=1e-5, rtol=0
     )
 
-    # The training checkpoint loads into the architecture of the hparams.
-    loaded, origin = load_embedding_model(
-        str(output / "save"), build_architecture("tiny", 4, 8, 16)
-    )
+    # The training checkpoint carries its architecture.
+    loaded, origin = load_embedding_model(str(output / "save"))
     assert origin.endswith("CKPT+converted")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -102,9 +98,7 @@ def test_unknown_keys_and_mismatches_are_errors(reference, tmp_path):
     with pytest.raises(SystemExit, match="backend.att_head.weight"):
         convert(["--checkpoint", str(tmp_path / "partial.model")] + args)
 
-    wide = build_architecture(
-        "tiny", 4, 8, 16, wavlm_overrides={"encoder_ffn_embed_dim": 96}
-    )
+    wide = tiny_wavlm_mhfa(4, 8, 16, encoder_ffn_embed_dim=96)
     torch.save(to_reference_state(wide, None), tmp_path / "wide.model")
     with pytest.raises(SystemExit, match="does not fit.*shape mismatch"):
         convert(["--checkpoint", str(tmp_path / "wide.model")] + args)

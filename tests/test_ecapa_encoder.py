@@ -14,9 +14,10 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 import train
 from speechbrain_ext.lobes.dino import DINOHead, DINONetwork
+from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
 from speechbrain_ext.pretrained.checkpoints import (
     CheckpointMismatchError,
-    build_architecture,
+    load_embedding_model,
 )
 from speechbrain_ext.pretrained.export import export_model
 from speechbrain_ext.pretrained.model_factory import build_embedding_model
@@ -111,7 +112,7 @@ def test_mismatched_sizes_and_bad_choices_are_one_clear_error(dino_save):
             dino_network="ema",
         )
     with pytest.raises(ValueError, match="encoder="):
-        build_architecture(encoder="resnet")
+        build_embedding_model(encoder="resnet")
     with pytest.raises(ValueError, match="pretrained_wavlm"):
         build_embedding_model("WavLM-Base+.pt", encoder="ecapa", ecapa=SIZES)
 
@@ -120,8 +121,7 @@ def test_exported_ecapa_model_loads_through_speechbrain(tmp_path):
     from speechbrain.inference.speaker import SpeakerRecognition
 
     torch.manual_seed(0)
-    model = build_architecture(output_size=EMB, encoder="ecapa", ecapa=SIZES)
-    model.eval()
+    model = FbankECAPA(**SIZES, embedding_size=EMB).eval()
     folder = tmp_path / "model"
     export_model(model, str(folder))
     loaded = SpeakerRecognition.from_hparams(
@@ -188,5 +188,11 @@ def test_round_fine_tunes_the_dino_network(dino_save, tiny_corpus, tmp_path):
         torch.testing.assert_close(anchored[name], start[name])
         moved += not torch.equal(value.detach(), start[name])
     assert moved == len(anchored) > 0
+    # The later stages read the architecture from the run's output folder.
+    loaded, _ = load_embedding_model(output)
+    assert isinstance(loaded, FbankECAPA)
+    assert loaded.arguments == {**SIZES, "embedding_size": EMB}
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
     shutil.rmtree(output / "save")
     assert os.path.isfile(output / "epoch_stats.json")

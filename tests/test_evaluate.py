@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from speechbrain.utils.checkpoints import Checkpointer
+from tiny_models import save_training_checkpoint
 
 from speechbrain_ext.dataio.embeddings_io import save_embeddings
 from speechbrain_ext.utils.io_utils import safe_torch_load
@@ -16,8 +16,7 @@ from speechbrain_ext.verification.metrics import verification_metrics
 from speechbrain_ext.verification.scoring import read_trials
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
-TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
+TINY = ["--num_workers=0", "--noprogressbar"]
 # Small crops keep the test fast; the protocol is the same.
 TINY += ["--n_crops=3", "--crop_samples=16000"]
 
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def checkpoint(tiny_model, tmp_path_factory):
     save = tmp_path_factory.mktemp("train") / "save"
-    Checkpointer(save, {"embedding_model": tiny_model}).save_checkpoint()
+    save_training_checkpoint(save, tiny_model)
     return str(save)
 
 

@@ -6,22 +6,26 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from speechbrain.utils.checkpoints import Checkpointer
+from hyperpyyaml import load_hyperpyyaml
+from tiny_models import save_training_checkpoint, tiny_wavlm_mhfa
 
 from speechbrain_ext.dataio.audio import read_audio
-from speechbrain_ext.pretrained.export import calibrate_threshold
+from speechbrain_ext.pretrained.checkpoints import CheckpointMismatchError
+from speechbrain_ext.pretrained.export import (
+    calibrate_threshold,
+    missing_package_message,
+)
 from speechbrain_ext.pretrained.inference import WavLMSpeakerVerification
 from speechbrain_ext.verification.scoring import read_trials
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
-TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
+TINY = ["--num_workers=0", "--noprogressbar"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def exported(tiny_model, tiny_corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     save = folder / "train" / "save"
-    Checkpointer(save, {"embedding_model": tiny_model}).save_checkpoint()
+    save_training_checkpoint(save, tiny_model)
     spec = importlib.util.spec_from_file_location(
         "export_pretrained",
         os.path.join(ROOT, "recipes", "export_pretrained.py"),
@@ -67,7 +71,7 @@ def test_folder_content_and_calibrated_threshold(
         "hyperparams.yaml",
     ]
     with open(os.path.join(exported, "hyperparams.yaml")) as f:
-        stored = yaml.safe_load(f.read().split("\nwavlm_config:")[0])
+        stored = load_hyperpyyaml(f)
     expected, _ = calibrate_threshold(
         tiny_model,
         read_trials(tiny_corpus["trials"]),
@@ -169,6 +173,65 @@ def test_speechbrain_loads_it_in_a_fresh_process(
     assert out["custom_score"] == out["score"]
     assert out["custom_decision"] == [out["score"][0] > out["threshold"]]
     assert not any(m.startswith("recipes") for m in out["modules"])
+
+
+MISSING_PACKAGE = textwrap.dedent(
+    """
+    import importlib.util, sys
+    from speechbrain.inference.speaker import SpeakerRecognition
+
+    assert importlib.util.find_spec("speechbrain_ext") is None, "installed"
+    try:
+        SpeakerRecognition.from_hparams(source=sys.argv[1], savedir=sys.argv[2])
+    except ImportError as error:
+        print(error)
+    """
+)
+
+
+def test_without_the_package_one_line_says_how_to_install_it(
+    exported, tmp_path
+):
+    # No site initialisation (-S): the editable install of this project is
+    # not on the path, its dependencies are (PYTHONPATH).
+    environment = dict(
+        os.environ,
+        PYTHONPATH=sysconfig.get_paths()["purelib"],
+        OMP_NUM_THREADS="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", MISSING_PACKAGE, exported,
+         str(tmp_path / "sd")],
+        capture_output=True, text=True, env=environment, cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines == [missing_package_message()]
+    assert lines[0].startswith(
+        "this model needs the Python package speechbrain_ext (project "
+        "wavlm-ssl-sv), which is not installed: "
+    )
+    assert lines[0].endswith(f"pip install -e {ROOT}")
+
+
+def test_weights_that_do_not_fit_are_one_line(exported, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    torch.save(
+        tiny_wavlm_mhfa(4, 8, 32).state_dict(),
+        broken / "embedding_model.ckpt",
+    )
+    with pytest.raises(CheckpointMismatchError) as error:
+        WavLMSpeakerVerification.from_hparams(
+            source=str(broken), savedir=str(tmp_path / "sd")
+        )
+    message = str(error.value)
+    assert message.startswith(f"{broken / 'embedding_model.ckpt'}: ")
+    assert "mhfa.pooling_fc.weight (32, 32) in checkpoint vs (16, 32)" in (
+        message
+    )
+    assert "\n" not in message and len(message) < 400, message
 
 
 def test_stored_threshold_drives_decisions(exported, tmp_path):

@@ -7,14 +7,19 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from speechbrain.utils.checkpoints import Checkpointer
+from tiny_models import save_training_checkpoint, tiny_wavlm_mhfa
 
 from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.dataio.embeddings_io import load_embeddings
 from speechbrain_ext.dataio.shards import MIN_SHARDS, plan_shards
+from speechbrain_ext.pretrained.architecture import (
+    ARCHITECTURE_FILE,
+    model_yaml,
+)
 from speechbrain_ext.pretrained.checkpoints import (
     CheckpointNotFoundError,
     find_checkpoint,
+    load_embedding_model,
 )
 from speechbrain_ext.pretrained.export import export_model
 from speechbrain_ext.utils.stage_utils import pick_device
@@ -29,8 +34,7 @@ from speechbrain_ext.verification.extraction import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--wavlm_preset=tiny", "--mhfa_heads=4", "--mhfa_compression=8"]
-TINY += ["--emb_dim=16", "--num_workers=0", "--noprogressbar"]
+TINY = ["--num_workers=0", "--noprogressbar"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,7 +182,7 @@ def load_recipe(name):
 
 def save_checkpoint(model, folder):
     save = os.path.join(folder, "save")
-    Checkpointer(save, {"embedding_model": model}).save_checkpoint()
+    save_training_checkpoint(save, model)
     return save
 
 
@@ -236,14 +240,68 @@ def test_stage_script_errors(tiny_model, tiny_corpus, tmp_path, monkeypatch):
                 f"--output_file={output}",
             ]
         )
-    with pytest.raises(SystemExit, match="does not fit the model"):
+    # The architecture sizes are read from the checkpoint, not repeated.
+    with pytest.raises(SystemExit, match="Override 'emb_dim' not found"):
         run_script(
-            TINY[:-3]
-            + ["--emb_dim=32", "--num_workers=0", "--noprogressbar"]
+            TINY
             + common
-            + [f"--model_source={save}", f"--output_file={output}"]
+            + [
+                f"--model_source={save}",
+                f"--output_file={output}",
+                "--emb_dim=16",
+            ]
         )
     assert sorted(os.listdir(tmp_path)) == ["list.txt", "train"]
+
+
+def test_weights_that_do_not_fit_the_recorded_architecture_are_one_line(
+    tiny_model, tiny_corpus, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(ROOT)
+    save = save_checkpoint(tiny_model, str(tmp_path / "train"))
+    folder = find_checkpoint(save)
+    with open(os.path.join(folder, ARCHITECTURE_FILE), "w") as f:
+        f.write(model_yaml(tiny_wavlm_mhfa(4, 8, 32)))
+    with pytest.raises(SystemExit) as error:
+        run_script(
+            TINY
+            + [
+                f"--data_folder={tiny_corpus['data_folder']}",
+                f"--model_source={tmp_path / 'train'}",
+                f"--output_file={tmp_path / 'emb.pt'}",
+            ]
+        )
+    message = str(error.value)
+    weights = os.path.join(folder, "embedding_model.ckpt")
+    assert message.startswith(f"{weights}: does not fit the model"), message
+    assert "mhfa.pooling_fc.weight (16, 32) in checkpoint vs (32, 32)" in (
+        message
+    )
+    assert "\n" not in message and len(message) < 400, message
+    assert not (tmp_path / "emb.pt").exists()
+
+
+def test_every_form_of_model_source_gives_the_same_model(tiny_model, tmp_path):
+    # A training output folder as SpeechBrain leaves it: a copy of the
+    # training hparams (hyperparams.yaml) beside save/.
+    out = tmp_path / "round1"
+    save = save_checkpoint(tiny_model, str(out))
+    (out / "hyperparams.yaml").write_text(
+        open(os.path.join(ROOT, "hparams", "round1.yaml")).read()
+    )
+    export_model(tiny_model, str(tmp_path / "exported"))
+    expected = tiny_model.state_dict()
+    for source in (out, save, find_checkpoint(save), tmp_path / "exported"):
+        model, origin = load_embedding_model(source)
+        assert not model.training
+        state = model.state_dict()
+        assert list(state) == list(expected), source
+        for key, value in expected.items():
+            assert torch.equal(state[key], value), (source, key)
+    with pytest.raises(CheckpointNotFoundError, match="neither a training"):
+        load_embedding_model(tmp_path)
+    with pytest.raises(CheckpointNotFoundError, match="nowhere: model_source"):
+        load_embedding_model(tmp_path / "nowhere")
 
 
 def test_exported_folder_as_source_gives_the_same_embeddings(
@@ -255,11 +313,8 @@ def test_exported_folder_as_source_gives_the_same_embeddings(
     outputs = {}
     for name, source in (("ckpt", save), ("exported", tmp_path / "exported")):
         outputs[name] = tmp_path / f"{name}.pt"
-        # A wrong architecture in the hparams does not matter for an
-        # exported folder, which carries its own.
-        wrong = [a.replace("emb_dim=16", "emb_dim=32") for a in TINY]
         run_script(
-            (TINY if name == "ckpt" else wrong)
+            TINY
             + [
                 f"--data_folder={tiny_corpus['data_folder']}",
                 f"--utterance_list={tiny_corpus['train_list']}",

@@ -24,7 +24,7 @@ from hyperpyyaml import load_hyperpyyaml
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
 from data_prep.voxceleb import prepare_voxceleb
 from speechbrain_ext.dataio.audio import AudioError, audio_frames, read_audio
-from speechbrain_ext.dataio.augment import CHOICES, build_augmenter
+from speechbrain_ext.dataio.augment import CHOICES, SixWayAugment
 from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     save_embeddings,
@@ -53,7 +53,8 @@ def augmenter(tiny_corpus, tmp_path_factory):
         noise_folder=tiny_corpus["noise_folder"],
         rir_folder=tiny_corpus["rir_folder"],
     )
-    return build_augmenter(augmentation_csvs(str(folder)))
+    csv_files = augmentation_csvs(str(folder))
+    return SixWayAugment(**{f"{k}_csv": v for k, v in csv_files.items()})
 
 
 @pytest.mark.parametrize("choice", CHOICES)
@@ -203,7 +204,7 @@ def test_train_pipeline_skips_and_counts_nan_crops(nan_wav, tmp_path, caplog):
         "max_per_speaker": 10,
         "defer_repeated_speakers": False,
         "seed": 1,
-        "music_only_for_babble_music": False,
+        "augmenter": SixWayAugment(),
         "crop_samples": 4000,
         "sample_rate": 16000,
     }

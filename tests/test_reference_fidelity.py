@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
+from tiny_models import tiny_wavlm_mhfa
 
 import speechbrain_ext.lobes.wavlm.model as wavlm_module
 import train
+from data_prep.augmentation import write_audio_csv
 from speechbrain_ext.dataio.audio import evenly_spaced_crops
 from speechbrain_ext.dataio.augment import SixWayAugment, mix_at_snrs
 from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
@@ -30,7 +32,6 @@ from speechbrain_ext.lobes.classifier import CosineClassifier
 from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
 from speechbrain_ext.nnet.aam import AAMCrossEntropy, log_cross_entropy
 from speechbrain_ext.nnet.loss_gate import DynamicLossGate, fit_threshold
-from speechbrain_ext.pretrained.checkpoints import build_architecture
 
 MARGIN, SCALE = 0.2, 30.0
 
@@ -115,7 +116,7 @@ def make_brain(n_classes=8):
         "run_name": "test",
     }
     modules = {
-        "embedding_model": build_architecture("tiny", 4, 8, 16),
+        "embedding_model": tiny_wavlm_mhfa(4, 8, 16),
         "classifier": CosineClassifier(16, n_classes),
     }
     return train.PseudoLabelBrain(
@@ -384,7 +385,8 @@ def test_babble_snr_distribution_is_the_reference_one(tmp_path):
         noise = rng.standard_normal(16000) * (0.02 + 0.02 * i)
         soundfile.write(path, noise.astype("float32"), 16000)
         files.append(path)
-    augment = SixWayAugment(speech_files=files)
+    write_audio_csv(files, str(tmp_path / "speech.csv"))
+    augment = SixWayAugment(speech_csv=str(tmp_path / "speech.csv"))
     torch.manual_seed(0)
     clean = torch.sin(torch.arange(8000) * 0.05) * 0.5
     snrs = []

@@ -175,6 +175,7 @@ def test_round_trains_gates_corrects_and_checkpoints(round_run):
         "loss_gate.ckpt",
         "sampler.ckpt",
         "counter.ckpt",
+        "architecture.ckpt",
     } <= names
     assert safe_torch_load(ckpt / "classifier.ckpt")["weight"].shape == (8, 32)
     plots = sorted((round_run / "loss_gate").glob("*.png"))

@@ -10,7 +10,7 @@ import torch
 from float32_bounds import U, gamma
 
 from data_prep.augmentation import prepare_augmentation
-from speechbrain_ext.dataio.augment import SixWayAugment, build_augmenter
+from speechbrain_ext.dataio.augment import SixWayAugment
 from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
 from speechbrain_ext.lobes.classifier import CosineClassifier
 from speechbrain_ext.nnet.aam import AAMCrossEntropy
@@ -309,7 +309,6 @@ def test_babble_music_applies_both_unless_reproducing_the_bug(bug, expected):
     calls = []
     augment = SixWayAugment(music_only_for_babble_music=bug)
     augment.ops = {n: Recorder(n, calls) for n in ("babble", "music")}
-    augment.enabled = True
     out = augment.apply_choice(torch.zeros(10), "babble_music")
     assert out[0].item() == expected
     assert calls == (["music"] if bug else ["babble", "music"])
@@ -328,8 +327,8 @@ def test_augmentation_choices_are_equally_likely_and_change_audio(tmp_path):
                 16000,
             )
     csv_files = prepare_augmentation(str(tmp_path / "csv"), str(folder))
-    augment = build_augmenter(csv_files)
-    assert sorted(augment.ops) == ["babble", "music", "noise"]
+    augment = SixWayAugment(**{f"{k}_csv": v for k, v in csv_files.items()})
+    assert sorted(augment.load()) == ["babble", "music", "noise"]
     torch.manual_seed(0)
     wav = torch.sin(torch.arange(8000) * 0.05)
     choices = []
@@ -342,6 +341,8 @@ def test_augmentation_choices_are_equally_likely_and_change_audio(tmp_path):
     assert len(counts) == 6 and counts.min() > 60
 
 
-def test_no_augmentation_data_is_said_loudly(caplog):
-    assert not build_augmenter({}).enabled
+def test_no_augmentation_data_is_said_loudly(caplog, tmp_path):
+    augment = SixWayAugment(music_csv=str(tmp_path / "music.csv"))
+    assert not augment.enabled
+    augment.log_coverage()
     assert "NO DATA AUGMENTATION" in caplog.text

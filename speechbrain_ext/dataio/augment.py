@@ -21,6 +21,7 @@ The files come from the CSVs of :mod:`data_prep.augmentation` (MUSAN
 
 import csv
 import logging
+import os
 
 import soundfile
 import torch
@@ -260,19 +261,21 @@ class RandomFileReverb(nn.Module):
 class SixWayAugment(nn.Module):
     """Apply one of the six reference augmentations to each utterance.
 
-    A choice whose data is missing (no RIR csv, no music files, ...) leaves
-    the utterance clean; with no data at all the module is the identity and
-    ``enabled`` is False.
+    Built in the hparams (``!new:``) with the CSVs that
+    :func:`data_prep.augmentation.prepare_augmentation` writes: the script
+    prepares them first, and the files are read on first use (as
+    SpeechBrain's ``AddNoise`` reads its ``csv_file``). A CSV that is not
+    given or does not exist leaves its choice clean; with no data at all
+    the module is the identity and ``enabled`` is False.
 
     Arguments
     ---------
-    music_files, speech_files, noise_files : list of str
-        MUSAN files of each kind.
-    rir_csv : str or None
-        A SpeechBrain CSV of RIR files.
-    music_snr, babble_snr, noise_snr : tuple of float
+    music_csv, speech_csv, noise_csv, rir_csv : str, optional
+        SpeechBrain CSVs (column ``wav``) of MUSAN music, speech (babble),
+        noise, and of room impulse responses.
+    music_snr, babble_snr, noise_snr : sequence of float
         SNR ranges in dB.
-    babble_speakers : tuple of int
+    babble_speakers : sequence of int
         Number of speech files in a babble, inclusive range (each file gets
         its own SNR drawn in ``babble_snr``).
     music_only_for_babble_music : bool
@@ -290,9 +293,9 @@ class SixWayAugment(nn.Module):
 
     def __init__(
         self,
-        music_files=(),
-        speech_files=(),
-        noise_files=(),
+        music_csv=None,
+        speech_csv=None,
+        noise_csv=None,
         rir_csv=None,
         music_snr=(5.0, 15.0),
         babble_snr=(13.0, 20.0),
@@ -301,19 +304,84 @@ class SixWayAugment(nn.Module):
         music_only_for_babble_music=False,
     ):
         super().__init__()
+        self.csv_files = {
+            "music": music_csv,
+            "speech": speech_csv,
+            "noise": noise_csv,
+            "rir": rir_csv,
+        }
+        self.music_snr = tuple(music_snr)
+        self.babble_snr = tuple(babble_snr)
+        self.noise_snr = tuple(noise_snr)
+        self.babble_speakers = tuple(babble_speakers)
         self.music_only_for_babble_music = music_only_for_babble_music
+        self.ops = None
+
+    def available_files(self):
+        """The files of each kind whose CSV exists.
+
+        Returns
+        -------
+        dict
+            ``music``, ``speech``, ``noise``, ``rir`` -> list of str (empty
+            when the CSV is not given or not there).
+        """
+        return {
+            kind: read_csv_files(path) if path and os.path.isfile(path) else []
+            for kind, path in self.csv_files.items()
+        }
+
+    def load(self):
+        """Read the CSVs (done on first use; call it to log the coverage).
+
+        Returns
+        -------
+        dict
+            Choice name -> the module applying it (those with data).
+        """
+        if self.ops is not None:
+            return self.ops
+        files = self.available_files()
         self.ops = {}
-        if music_files:
-            self.ops["music"] = self._add_noise(music_files, music_snr)
-        if speech_files:
+        if files["music"]:
+            self.ops["music"] = self._add_noise(files["music"], self.music_snr)
+        if files["speech"]:
             self.ops["babble"] = Babble(
-                speech_files, babble_snr, babble_speakers
+                files["speech"], self.babble_snr, self.babble_speakers
             )
-        if noise_files:
-            self.ops["noise"] = self._add_noise(noise_files, noise_snr)
-        if rir_csv:
-            self.ops["reverb"] = RandomFileReverb(read_csv_files(rir_csv))
-        self.enabled = bool(self.ops)
+        if files["noise"]:
+            self.ops["noise"] = self._add_noise(files["noise"], self.noise_snr)
+        if files["rir"]:
+            self.ops["reverb"] = RandomFileReverb(files["rir"])
+        return self.ops
+
+    @property
+    def enabled(self):
+        """Whether any augmentation data was found."""
+        return bool(self.load())
+
+    def log_coverage(self):
+        """Log what the augmentation uses, loudly when it has nothing."""
+        files = self.available_files()
+        if not self.enabled:
+            logger.warning(
+                "NO DATA AUGMENTATION: no MUSAN or RIR files were given "
+                "(noise_folder / rir_folder); training on clean crops only"
+            )
+            return
+        missing = [
+            name
+            for name in ("music", "babble", "noise", "reverb")
+            if name not in self.ops
+        ]
+        logger.info(
+            "Augmentation: %d music, %d speech, %d noise, %d RIR files%s",
+            len(files["music"]),
+            len(files["speech"]),
+            len(files["noise"]),
+            len(files["rir"]),
+            f"; missing (left clean): {missing}" if missing else "",
+        )
 
     @staticmethod
     def _add_noise(files, snr):
@@ -324,11 +392,12 @@ class SixWayAugment(nn.Module):
         )
 
     def _apply(self, name, wav):
-        if name == "none" or name not in self.ops:
+        ops = self.load()
+        if name == "none" or name not in ops:
             return wav
         if name == "reverb":
-            return self.ops[name](wav)
-        return self.ops[name](wav, torch.ones(wav.shape[0]))
+            return ops[name](wav)
+        return ops[name](wav, torch.ones(wav.shape[0]))
 
     def forward(self, wav):
         """Augment one utterance with a randomly chosen augmentation.
@@ -399,58 +468,3 @@ def read_csv_files(csv_path):
         return []
     with open(csv_path, encoding="utf-8", newline="") as f:
         return [row["wav"] for row in csv.DictReader(f)]
-
-
-def build_augmenter(csv_files=None, music_only_for_babble_music=False):
-    """A :class:`SixWayAugment` from augmentation CSVs, logging coverage.
-
-    Arguments
-    ---------
-    csv_files : dict, optional
-        CSV paths under ``music``, ``speech``, ``noise``, ``rir`` (those
-        available), as written by
-        :func:`data_prep.augmentation.prepare_augmentation`.
-    music_only_for_babble_music : bool
-        See :class:`SixWayAugment`.
-
-    Returns
-    -------
-    SixWayAugment
-
-    Example
-    -------
-    >>> build_augmenter({}).enabled
-    False
-    """
-    csv_files = csv_files or {}
-    kinds = {
-        kind: read_csv_files(csv_files.get(kind))
-        for kind in ("music", "speech", "noise")
-    }
-    augmenter = SixWayAugment(
-        kinds["music"],
-        kinds["speech"],
-        kinds["noise"],
-        csv_files.get("rir"),
-        music_only_for_babble_music=music_only_for_babble_music,
-    )
-    if not augmenter.enabled:
-        logger.warning(
-            "NO DATA AUGMENTATION: no MUSAN or RIR files were given "
-            "(noise_folder / rir_folder); training on clean crops only"
-        )
-    else:
-        missing = [
-            name
-            for name in ("music", "babble", "noise", "reverb")
-            if name not in augmenter.ops
-        ]
-        logger.info(
-            "Augmentation: %d music, %d speech, %d noise files, RIRs %s%s",
-            len(kinds["music"]),
-            len(kinds["speech"]),
-            len(kinds["noise"]),
-            csv_files.get("rir"),
-            f"; missing (left clean): {missing}" if missing else "",
-        )
-    return augmenter

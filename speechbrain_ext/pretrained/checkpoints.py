@@ -2,9 +2,11 @@
 
 A model comes either from training (a SpeechBrain ``Checkpointer`` folder
 ``OUT/save/CKPT+*/`` whose ``embedding_model.ckpt`` is the state dict of the
-:class:`~speechbrain_ext.lobes.embedding_model.WavLMMHFA`) or from an exported
-folder (``hyperparams.yaml`` + ``embedding_model.ckpt``, see
-``recipes/export_pretrained.py``). Checkpoints are read with
+model and ``architecture.ckpt`` its ``!new:`` HyperPyYAML, see
+:mod:`speechbrain_ext.pretrained.architecture`) or from an exported folder
+(``hyperparams.yaml`` + ``embedding_model.ckpt``, see
+``recipes/export_pretrained.py``); either way the architecture is read from
+the folder, never re-declared. Checkpoints are read with
 ``weights_only=True`` and loaded strictly: a missing, unexpected or
 mis-shaped tensor is one error line naming the file and the first keys.
 
@@ -29,17 +31,13 @@ in checkpoint vs (4, 2) in model, bias (3,) in checkpoint vs (4,) in model
 import glob
 import os
 
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
-from speechbrain_ext.lobes.embedding_model import WavLMMHFA
-from speechbrain_ext.lobes.wavlm import WavLM
 from speechbrain_ext.lobes.wavlm.state_dict import state_dict_problems
-from speechbrain_ext.pretrained.model_factory import (
-    check_encoder,
-    mhfa_for,
-    wavlm_config,
+from speechbrain_ext.pretrained.architecture import (
+    ARCHITECTURE_FILE,
+    model_from_yaml,
+    read_architecture,
 )
 from speechbrain_ext.utils.io_utils import safe_torch_load
 
@@ -161,8 +159,9 @@ def load_state(module, folder, name):
     module.load_state_dict(state)
 
 
-def is_exported_folder(path):
-    """Whether ``path`` looks like an exported model folder.
+def has_checkpoints(path):
+    """Whether ``path`` is a training output: a ``CKPT+*`` folder, or a
+    folder with ``CKPT+*`` folders in it or in its ``save/``.
 
     Arguments
     ---------
@@ -175,10 +174,16 @@ def is_exported_folder(path):
 
     Example
     -------
-    >>> is_exported_folder("/nonexistent")
+    >>> has_checkpoints("/nonexistent")
     False
     """
-    return os.path.isfile(os.path.join(path, "hyperparams.yaml"))
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, ARCHITECTURE_FILE)):
+        return True
+    return any(
+        glob.glob(os.path.join(folder, "CKPT+*"))
+        for folder in (path, os.path.join(path, "save"))
+    )
 
 
 def check_exported_folder(path):
@@ -231,24 +236,27 @@ def load_exported_model(path):
         The ``embedding_model`` of its ``hyperparams.yaml``.
     """
     check_exported_folder(path)
-    with open(os.path.join(path, "hyperparams.yaml"), encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f)
-    model = hparams["embedding_model"]
+    hparams_file = os.path.join(path, "hyperparams.yaml")
+    with open(hparams_file, encoding="utf-8") as f:
+        model = model_from_yaml(f.read(), hparams_file)
     load_state(model, path, "embedding_model")
     return model.eval()
 
 
-def load_embedding_model(source, model=None):
-    """The embedding model from a training checkpoint or an exported folder.
+def load_embedding_model(source):
+    """The trained embedding model of a training run or an exported folder.
+
+    The architecture is read, never re-declared: a training checkpoint
+    carries it (``architecture.ckpt``, see
+    :mod:`speechbrain_ext.pretrained.architecture`), an exported folder in
+    its ``hyperparams.yaml``.
 
     Arguments
     ---------
     source : str
-        An exported folder (has ``hyperparams.yaml``), a ``CKPT+*`` folder,
-        a Checkpointer folder or a training output folder.
-    model : torch.nn.Module, optional
-        The model built from the hparams; required for training checkpoints
-        (they hold weights only).
+        A training output folder ``OUT``, its ``OUT/save``, a ``CKPT+*``
+        folder (the latest complete checkpoint is used), or an exported
+        folder (``hyperparams.yaml`` + ``embedding_model.ckpt``).
 
     Returns
     -------
@@ -256,64 +264,42 @@ def load_embedding_model(source, model=None):
         In eval mode.
     origin : str
         The folder the weights came from.
-    """
-    source = os.fspath(source)
-    if is_exported_folder(source):
-        return load_exported_model(source), source
-    if model is None:
-        raise CheckpointNotFoundError(
-            f"{source}: not an exported model folder, and no model "
-            "architecture was given to load a training checkpoint into"
-        )
-    folder = find_checkpoint(source)
-    load_state(model, folder, "embedding_model")
-    return model.eval(), folder
 
-
-def build_architecture(
-    preset="base_plus",
-    n_heads=64,
-    compression_size=128,
-    output_size=256,
-    wavlm_overrides=None,
-    encoder="wavlm",
-    ecapa=None,
-):
-    """An untrained embedding model of the given sizes, to load weights into.
-
-    Arguments
-    ---------
-    preset : str
-        WavLM preset (``tiny``, ``base``, ``base_plus``, ``large``).
-    n_heads, compression_size, output_size : int
-        MHFA sizes (``output_size``: the embedding size of either encoder).
-    wavlm_overrides : dict, optional
-        WavLM config fields changed from the preset.
-    encoder : str
-        ``"wavlm"`` (WavLM + MHFA) or ``"ecapa"`` (Fbank + ECAPA-TDNN).
-    ecapa : dict, optional
-        ECAPA-TDNN sizes (see :class:`FbankECAPA`).
-
-    Returns
-    -------
-    WavLMMHFA or FbankECAPA
+    Raises
+    ------
+    CheckpointNotFoundError, ArchitectureError, CheckpointMismatchError
+        One line naming the folder or file.
 
     Example
     -------
-    >>> build_architecture("tiny", 4, 8, 16).mhfa.n_layers
-    3
-    >>> ecapa = {"n_mels": 20, "channels": [8, 8, 8, 8, 24],
-    ...          "attention_channels": 8, "se_channels": 8}
-    >>> type(build_architecture(output_size=16, encoder="ecapa",
-    ...                         ecapa=ecapa)).__name__
-    'FbankECAPA'
+    >>> import tempfile
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
+    >>> from speechbrain_ext.pretrained.architecture import ArchitectureRecord
+    >>> model = FbankECAPA(20, [8, 8, 8, 8, 24], 8, 8, 16)
+    >>> out = tempfile.mkdtemp()
+    >>> _ = Checkpointer(os.path.join(out, "save"), {
+    ...     "embedding_model": model,
+    ...     "architecture": ArchitectureRecord(model)}).save_checkpoint()
+    >>> loaded, origin = load_embedding_model(out)
+    >>> loaded.arguments["embedding_size"], os.path.basename(origin)[:5]
+    (16, 'CKPT+')
     """
-    check_encoder(encoder)
-    if encoder == "ecapa":
-        return FbankECAPA(**(ecapa or {}), embedding_size=output_size)
-    config = wavlm_config(preset, **(wavlm_overrides or {}))
-    mhfa = mhfa_for(config, n_heads, compression_size, output_size)
-    return WavLMMHFA(WavLM(config), mhfa)
+    source = os.fspath(source)
+    if has_checkpoints(source):
+        folder = find_checkpoint(source)
+        model = read_architecture(folder)
+        load_state(model, folder, "embedding_model")
+        return model.eval(), folder
+    if os.path.isfile(os.path.join(source, "hyperparams.yaml")):
+        return load_exported_model(source), source
+    if not os.path.exists(source):
+        raise CheckpointNotFoundError(f"{source}: model_source not found")
+    raise CheckpointNotFoundError(
+        f"{source}: neither a training output (OUT, OUT/save or a CKPT+* "
+        "folder) nor an exported model folder (hyperparams.yaml + "
+        "embedding_model.ckpt)"
+    )
 
 
 def weights_fingerprint(folder, name="embedding_model"):

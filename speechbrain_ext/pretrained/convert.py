@@ -206,8 +206,11 @@ def to_reference_state(model, classifier_weight=None, ddp=True):
 
     Example
     -------
-    >>> from speechbrain_ext.pretrained.checkpoints import build_architecture
-    >>> state = to_reference_state(build_architecture("tiny", 4, 8, 16))
+    >>> from speechbrain_ext.lobes.embedding_model import WavLMMHFA
+    >>> from speechbrain_ext.lobes.mhfa import MHFA
+    >>> from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
+    >>> model = WavLMMHFA(WavLM(WavLMConfig.tiny()), MHFA(3, 64, 4, 8, 16))
+    >>> state = to_reference_state(model)
     >>> sorted(k for k in state if "backend" in k)[0]
     'module.__S__.backend.att_head.bias'
 

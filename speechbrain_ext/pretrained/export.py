@@ -8,21 +8,13 @@ weights and the threshold come from) and a ``README.md`` with usage. Every
 file is written atomically; the folder loads offline with
 ``SpeakerRecognition.from_hparams(source=DIR, savedir=...)``.
 
-Example
--------
->>> from speechbrain_ext.lobes.embedding_model import WavLMMHFA
->>> from speechbrain_ext.lobes.mhfa import MHFA
->>> from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig
->>> model = WavLMMHFA(WavLM(WavLMConfig.tiny()), MHFA(3, 64, 4, 8, 16))
->>> print(model_yaml(model).splitlines()[0])
-wavlm_config: !new:speechbrain_ext.lobes.wavlm.WavLMConfig
 """
 
-import dataclasses
 import json
 import os
 
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
+from speechbrain_ext.pretrained.architecture import mhfa_arguments, model_yaml
 from speechbrain_ext.utils.io_utils import atomic_open, atomic_torch_save
 from speechbrain_ext.verification.extraction import embed_full_utterances
 from speechbrain_ext.verification.metrics import eer, split_scores
@@ -34,118 +26,8 @@ from speechbrain_ext.verification.scoring import (
 )
 
 DEFAULT_THRESHOLD = 0.25
-
-
-def mhfa_arguments(mhfa):
-    """The constructor arguments of an MHFA module, read off its layers.
-
-    Arguments
-    ---------
-    mhfa : speechbrain_ext.lobes.mhfa.MHFA
-        The back-end.
-
-    Returns
-    -------
-    dict
-
-    Example
-    -------
-    >>> from speechbrain_ext.lobes.mhfa import MHFA
-    >>> mhfa_arguments(MHFA(3, 64, 4, 8, 16))["n_heads"]
-    4
-    """
-    return {
-        "n_layers": int(mhfa.n_layers),
-        "input_size": mhfa.cmp_linear_k.in_features,
-        "n_heads": mhfa.att_head.out_features,
-        "compression_size": mhfa.cmp_linear_k.out_features,
-        "output_size": mhfa.pooling_fc.out_features,
-    }
-
-
-def wavlm_arguments(config):
-    """A WavLM config as plain values (pre-training-only ``extra`` dropped).
-
-    Arguments
-    ---------
-    config : speechbrain_ext.lobes.wavlm.WavLMConfig
-        The config.
-
-    Returns
-    -------
-    dict
-
-    Example
-    -------
-    >>> from speechbrain_ext.lobes.wavlm import WavLMConfig
-    >>> wavlm_arguments(WavLMConfig.tiny())["conv_layers"][0]
-    [32, 10, 5]
-    """
-    values = {}
-    for field in dataclasses.fields(config):
-        if field.name == "extra":
-            continue
-        values[field.name] = getattr(config, field.name)
-    values["conv_layers"] = [list(layer) for layer in config.conv_layers]
-    return values
-
-
-def _block(tag, arguments):
-    """A YAML mapping under a ``!new:`` tag, values dumped safely."""
-    # JSON values are valid YAML and keep nested lists on one line.
-    return f"{tag}\n" + "".join(
-        f"    {key}: {json.dumps(value)}\n" for key, value in arguments.items()
-    )
-
-
-def model_yaml(model):
-    """HyperPyYAML that rebuilds ``model``, untrained.
-
-    Arguments
-    ---------
-    model : WavLMMHFA or FbankECAPA
-        The model.
-
-    Returns
-    -------
-    str
-        Defines ``embedding_model`` (and, for WavLM + MHFA, its parts
-        ``wavlm_config``, ``wavlm``, ``mhfa``).
-
-    Example
-    -------
-    >>> from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
-    >>> print(model_yaml(FbankECAPA(20, [8, 8, 8, 8, 24], 8, 8, 16)))
-    embedding_model: !new:speechbrain_ext.lobes.ecapa_embedding.FbankECAPA
-        n_mels: 20
-        channels: [8, 8, 8, 8, 24]
-        attention_channels: 8
-        se_channels: 8
-        embedding_size: 16
-    <BLANKLINE>
-    """
-    if isinstance(model, FbankECAPA):
-        return "embedding_model: " + _block(
-            "!new:speechbrain_ext.lobes.ecapa_embedding.FbankECAPA",
-            model.arguments,
-        )
-    return (
-        "wavlm_config: "
-        + _block(
-            "!new:speechbrain_ext.lobes.wavlm.WavLMConfig",
-            wavlm_arguments(model.wavlm.config),
-        )
-        + "wavlm: !new:speechbrain_ext.lobes.wavlm.WavLM\n"
-        "    config: !ref <wavlm_config>\n"
-        "mhfa: "
-        + _block(
-            "!new:speechbrain_ext.lobes.mhfa.MHFA", mhfa_arguments(model.mhfa)
-        )
-        + "embedding_model: "
-        "!new:speechbrain_ext.lobes.embedding_model.WavLMMHFA\n"
-        "    wavlm: !ref <wavlm>\n"
-        "    mhfa: !ref <mhfa>\n"
-    )
+# The distribution that installs speechbrain_ext (pyproject.toml).
+PROJECT = "wavlm-ssl-sv"
 
 
 _HEADER = """\
@@ -153,8 +35,17 @@ _HEADER = """\
 # Speaker embedding model (self-supervised speaker verification recipe)
 # Loads with speechbrain.inference.speaker.SpeakerRecognition.from_hparams or
 # speechbrain_ext.pretrained.inference.WavLMSpeakerVerification.from_hparams.
-# Needs the speechbrain_ext package of the recipe on the Python path.
+# Needs the speechbrain_ext package of the recipe installed (any directory).
 # ############################################################################
+
+# Without that package, loading stops here with one line saying how to
+# install it (instead of "There is no such class as speechbrain_ext...").
+__check_package: !apply:builtins.exec
+    - |
+        try:
+            import speechbrain_ext
+        except ImportError:
+            raise ImportError({missing_package!r}) from None
 
 sample_rate: 16000
 # Cosine threshold of verify_batch / verify_files in
@@ -278,11 +169,39 @@ def export_model(model, folder, threshold=None, info=None):
             _HEADER.format(
                 threshold=repr(float(threshold)),
                 threshold_origin=info["threshold_origin"],
+                missing_package=missing_package_message(),
             )
         )
         f.write(model_yaml(model))
         f.write(_FOOTER)
     return folder
+
+
+def missing_package_message():
+    """The error an exported folder gives where ``speechbrain_ext`` is not
+    installed: which package, and how to install it from here.
+
+    Returns
+    -------
+    str
+        One line naming the package, this project's name and its folder.
+
+    Example
+    -------
+    >>> print(missing_package_message())  # doctest: +ELLIPSIS
+    this model needs the Python package speechbrain_ext (project \
+wavlm-ssl-sv), which is not installed: pip install -e ...
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(root)
+    if os.path.isfile(os.path.join(root, "pyproject.toml")):
+        how = f"pip install -e {root}"
+    else:
+        how = f"pip install {PROJECT}, or pip install -e <its repository>"
+    return (
+        "this model needs the Python package speechbrain_ext (project "
+        f"{PROJECT}), which is not installed: {how}"
+    )
 
 
 def embedding_size(model):
@@ -378,7 +297,7 @@ def calibrate_on_dev_trials(
     Example
     -------
     >>> import os, tempfile, soundfile, numpy as np
-    >>> from speechbrain_ext.pretrained.checkpoints import build_architecture
+    >>> from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
     >>> folder = tempfile.mkdtemp()
     >>> rng = np.random.default_rng(0)
     >>> for name in ("a/v/1.wav", "a/v/2.wav", "b/v/1.wav"):
@@ -388,7 +307,7 @@ def calibrate_on_dev_trials(
     ...                     0.1 * rng.standard_normal(8000), 16000)
     >>> with open(os.path.join(folder, "trials.txt"), "w") as f:
     ...     _ = f.write("1 a/v/1.wav a/v/2.wav\\n0 a/v/1.wav b/v/1.wav\\n")
-    >>> model = build_architecture("tiny", 4, 8, 16).eval()
+    >>> model = FbankECAPA(20, [8, 8, 8, 8, 24], 8, 8, 16).eval()
     >>> threshold, info = calibrate_on_dev_trials(
     ...     model, os.path.join(folder, "trials.txt"), folder, progress=False)
     >>> info["threshold_origin"].startswith("EER point"), sorted(info)

@@ -30,7 +30,10 @@ import pickle
 import torch
 from speechbrain.inference.speaker import SpeakerRecognition
 
-from speechbrain_ext.pretrained.checkpoints import check_exported_folder
+from speechbrain_ext.pretrained.checkpoints import (
+    check_exported_folder,
+    load_exported_model,
+)
 from speechbrain_ext.utils.io_utils import load_error
 
 
@@ -106,6 +109,10 @@ class WavLMSpeakerVerification(SpeakerRecognition):
         UnsafeCheckpointError, CorruptFileError
             One line naming the weights file, which is refused (never
             executed) when it would need arbitrary code to unpickle.
+        CheckpointMismatchError
+            One line naming the weights file and the first missing,
+            unexpected or mis-shaped tensors, when they do not fit the
+            architecture of ``hyperparams.yaml``.
         """
         if not _looks_local(source):
             return super().from_hparams(source, hparams_file, **kwargs)
@@ -115,6 +122,12 @@ class WavLMSpeakerVerification(SpeakerRecognition):
         except pickle.UnpicklingError as error:
             weights = os.path.join(source, "embedding_model.ckpt")
             raise load_error(weights, error) from None
+        except RuntimeError as error:
+            if "Error(s) in loading state_dict" not in str(error):
+                raise
+            # torch lists every key; say it in one line (file, first keys).
+            load_exported_model(source)
+            raise
 
     @property
     def threshold(self):

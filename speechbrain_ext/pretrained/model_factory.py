@@ -8,6 +8,11 @@ stage 1's network instead
 (``speechbrain_ext.lobes.ecapa_embedding.FbankECAPA``), started from the
 DINO checkpoint: the iterative pseudo-labelling encoder for runs without a
 pre-trained WavLM.
+
+Only training builds a model from sizes: each of its checkpoints records
+the model it built as a ``!new:`` composition
+(:mod:`speechbrain_ext.pretrained.architecture`), which the later stages
+load instead of repeating these values.
 """
 
 import logging
@@ -84,9 +89,11 @@ def build_wavlm(pretrained_path=None, preset="base_plus", **overrides):
         ``WavLM-Base+.pt`` (original layout) or a Hugging Face folder. None
         builds a randomly initialised model from ``preset`` and warns loudly.
     preset : str
-        Preset for the random model (ignored when a checkpoint is given).
+        Preset for the random model (ignored when a checkpoint is given:
+        its own config is used).
     **overrides
-        Config fields of the random model (e.g. ``encoder_layerdrop=0.0``).
+        Config fields of the random model (e.g. ``encoder_layerdrop=0.0``;
+        ignored when a checkpoint is given).
 
     Returns
     -------
@@ -98,18 +105,9 @@ def build_wavlm(pretrained_path=None, preset="base_plus", **overrides):
     2
     """
     if pretrained_path:
-        wavlm = load_wavlm(pretrained_path)
-        expected = wavlm_config(preset, **overrides)
-        shape = ("encoder_layers", "encoder_embed_dim", "conv_layers")
-        if any(getattr(wavlm.config, f) != getattr(expected, f) for f in shape):
-            logger.warning(
-                "%s does not have the architecture of wavlm_preset=%s; set "
-                "wavlm_preset (and wavlm_overrides) to match it, since "
-                "extraction and export rebuild the model from them",
-                pretrained_path,
-                preset,
-            )
-        return wavlm
+        # The file's own config; the checkpoints record it for the later
+        # stages (speechbrain_ext.pretrained.architecture).
+        return load_wavlm(pretrained_path)
     logger.warning(
         "pretrained_wavlm is null: WavLM (%s) is RANDOMLY INITIALISED. This "
         "is only meant for tests and demos; give --pretrained_wavlm=PATH for "

@@ -27,6 +27,7 @@ from speechbrain.utils.distributed import (
 from speechbrain_ext.dataio.audio import AudioError
 from speechbrain_ext.dataio.shards import NonFiniteError
 from speechbrain_ext.lobes.wavlm import WavLMCheckpointError
+from speechbrain_ext.pretrained.architecture import ArchitectureError
 from speechbrain_ext.pretrained.checkpoints import CheckpointMismatchError
 from speechbrain_ext.utils.finite import (
     NonFiniteCheckpointError,
@@ -40,6 +41,7 @@ from speechbrain_ext.utils.io_utils import (
 
 #: Bad-input errors of every stage that loads a model and reads audio.
 MODEL_INPUT_ERRORS = (
+    ArchitectureError,
     AudioError,
     CheckpointMismatchError,
     CorruptFileError,
