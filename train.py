@@ -29,7 +29,6 @@ import speechbrain_ext.preflight  # noqa: F401
 
 import logging
 import os
-import re
 import sys
 
 import soundfile
@@ -46,6 +45,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
 from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.dataio.augment import build_augmenter
+from speechbrain_ext.dataio.lists import TrainListError, read_train_list
 from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
 from speechbrain_ext.nnet.l2sp import L2SP
@@ -79,13 +79,6 @@ logger = logging.getLogger(__name__)
 
 #: The epoch's counters: the objective's, and the number of steps.
 STAT_KEYS = COUNTER_KEYS + ("steps",)
-
-
-ASCII_INTEGER = re.compile("[0-9]+")
-
-
-class TrainListError(ValueError):
-    """Raised for an unusable train list (one line naming the problem)."""
 
 
 @register_checkpoint_hooks
@@ -590,87 +583,6 @@ class PseudoLabelBrain(sb.core.Brain):
         if self.checkpointer is not None and ckpt_prefix is not None:
             self.checkpointer.add_recoverable(ckpt_prefix + stage.name, loader)
         return loader
-
-
-def read_train_list(path, data_folder, n_classes):
-    """Read ``LABEL RELPATH`` lines and check labels and files.
-
-    Arguments
-    ---------
-    path : str
-        The list (pseudo-labels from ``recipes/pseudo_label.py``).
-    data_folder : str
-        Root the paths are relative to.
-    n_classes : int
-        Number of classes of the AAM head.
-
-    Returns
-    -------
-    labels : list of int
-    paths : list of str
-        Absolute paths.
-
-    Raises
-    ------
-    TrainListError
-        Naming the problem: malformed lines, non-integer or negative labels,
-        labels >= ``n_classes``, missing files (count and first few).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = open(os.path.join(folder, "a.wav"), "w")
-    >>> with open(os.path.join(folder, "pl.txt"), "w") as f:
-    ...     _ = f.write("3 a.wav\\n")
-    >>> read_train_list(os.path.join(folder, "pl.txt"), folder, 4)[0]
-    [3]
-    """
-    if not os.path.isfile(path):
-        raise TrainListError(f"{path}: train list not found")
-    labels, paths, bad = [], [], []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except UnicodeDecodeError as error:
-        raise TrainListError(
-            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} "
-            f"at offset {error.start})"
-        ) from None
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            bad.append(f"line {number}: {line.strip()!r}")
-            continue
-        label, relpath = fields
-        if not ASCII_INTEGER.fullmatch(label):
-            bad.append(f"line {number}: label {label!r}")
-            continue
-        labels.append(int(label))
-        paths.append(os.path.join(data_folder, relpath))
-    if bad:
-        raise TrainListError(
-            f"{path}: {len(bad)} lines are not 'LABEL RELPATH' with a "
-            f"non-negative integer label, e.g. {'; '.join(bad[:3])}"
-        )
-    if not labels:
-        raise TrainListError(f"{path}: empty train list")
-    too_big = sorted({x for x in labels if x >= n_classes})
-    if too_big:
-        raise TrainListError(
-            f"{path}: {len(too_big)} label values >= n_classes={n_classes} "
-            f"(e.g. {too_big[:5]}); set --n_classes to at least "
-            f"{max(labels) + 1}"
-        )
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise TrainListError(
-            f"{path}: {len(missing)} of {len(paths)} listed files are missing "
-            f"under {data_folder}, e.g. {missing[:3]}"
-        )
-    return labels, paths
 
 
 def augmentation_folder(hparams):

@@ -30,7 +30,7 @@ import sys
 
 from speechbrain.utils.checkpoints import Checkpointer
 
-from data_prep.voxceleb import TrialListError
+from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.lobes.classifier import CosineClassifier
 from speechbrain_ext.lobes.wavlm import WavLMCheckpointError, load_wavlm
 from speechbrain_ext.pretrained.convert import (

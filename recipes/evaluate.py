@@ -32,11 +32,11 @@ import time
 import numpy as np
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from data_prep.voxceleb import TrialListError
 from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
 )
+from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.pretrained.checkpoints import (
     load_embedding_model,
     weights_fingerprint,

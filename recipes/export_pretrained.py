@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 
-from data_prep.voxceleb import TrialListError
+from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.pretrained.checkpoints import load_embedding_model
 from speechbrain_ext.pretrained.export import (
     calibrate_on_dev_trials,

@@ -33,6 +33,10 @@ import sys
 from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_ext.dataio.embeddings_io import save_embeddings
+from speechbrain_ext.dataio.lists import (
+    UtteranceListError,
+    read_utterance_list,
+)
 from speechbrain_ext.pretrained.checkpoints import (
     load_embedding_model,
     weights_fingerprint,
@@ -42,10 +46,8 @@ from speechbrain_ext.utils.stage_utils import (
     run_stage,
 )
 from speechbrain_ext.verification.extraction import (
-    UtteranceListError,
     embed_in_shards,
     find_wavs,
-    read_utterance_list,
 )
 from speechbrain_ext.verification.scoring import check_files_exist
 

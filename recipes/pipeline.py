@@ -500,7 +500,9 @@ def plan_stages(hparams, run_options=()):
             name,
             train_launcher,
             "train.py",
-            hparams["round1_hparams" if index == 1 else "later_round_hparams"],
+            hparams["round1_hparams"]
+            if index == 1
+            else hparams["later_round_hparams"],
             {
                 **training,
                 "train_list": labels,
