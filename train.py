@@ -27,7 +27,6 @@ Usage::
 
 import speechbrain_ext.preflight  # noqa: F401
 
-import logging
 import os
 import sys
 
@@ -41,6 +40,7 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
 
 from data_prep.augmentation import augmentation_csvs, prepare_augmentation
 from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
@@ -75,7 +75,7 @@ from speechbrain_ext.verification.training_diagnostics import (
     label_truth,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The epoch's counters: the objective's, and the number of steps.
 STAT_KEYS = COUNTER_KEYS + ("steps",)

@@ -51,11 +51,12 @@ import os
 import re
 
 import soundfile
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.dataio.audio import WAVLM_MIN_SAMPLES, count_nonfinite
 from speechbrain_ext.dataio.lists import TrialListError, read_trials
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 LAYOUT_PROBLEM = "not in the SPEAKER/VIDEO/UTT.wav layout"
 UNSAFE_NAME = re.compile(r"[\s$]")

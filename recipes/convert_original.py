@@ -29,6 +29,7 @@ import shutil
 import sys
 
 from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.lobes.classifier import CosineClassifier
@@ -49,7 +50,7 @@ from speechbrain_ext.utils.stage_utils import (
 )
 from speechbrain_ext.verification.metrics import TrialLabelError
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = MODEL_INPUT_ERRORS + (
     ReferenceCheckpointError,

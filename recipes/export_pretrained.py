@@ -16,9 +16,10 @@ To run::
 
 import speechbrain_ext.preflight  # noqa: F401
 
-import logging
 import os
 import sys
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.pretrained.checkpoints import load_embedding_model
@@ -32,7 +33,7 @@ from speechbrain_ext.utils.stage_utils import (
 )
 from speechbrain_ext.verification.metrics import TrialLabelError
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = MODEL_INPUT_ERRORS + (TrialLabelError, TrialListError)
 

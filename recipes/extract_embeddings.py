@@ -25,12 +25,12 @@ To run::
 
 import speechbrain_ext.preflight  # noqa: F401
 
-import logging
 import os
 import shutil
 import sys
 
 from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.dataio.embeddings_io import save_embeddings
 from speechbrain_ext.dataio.lists import (
@@ -51,7 +51,7 @@ from speechbrain_ext.verification.extraction import (
 )
 from speechbrain_ext.verification.scoring import check_files_exist
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = MODEL_INPUT_ERRORS + (UtteranceListError,)
 

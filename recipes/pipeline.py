@@ -46,7 +46,6 @@ To run::
 import speechbrain_ext.preflight  # noqa: F401
 
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -56,6 +55,7 @@ import time
 from dataclasses import dataclass
 
 import speechbrain as sb
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.utils.folder_lock import (
     FolderLock,
@@ -66,7 +66,7 @@ from speechbrain_ext.utils.io_utils import atomic_open, remove_stale_temporaries
 from speechbrain_ext.utils.stage_utils import load_stage_hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SUMMARY_KEYS = (
     "stage",

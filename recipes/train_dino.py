@@ -26,13 +26,13 @@ import speechbrain_ext.preflight  # noqa: F401
 
 import csv
 import json
-import logging
 import os
 import sys
 
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from data_prep.augmentation import (
@@ -74,7 +74,7 @@ from speechbrain_ext.verification.scoring import (
     score_trials,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class DINOBrain(sb.Brain):

@@ -26,7 +26,6 @@ Example
 """
 
 import heapq
-import logging
 import os
 import time
 
@@ -37,6 +36,7 @@ from speechbrain.utils.distributed import (
     if_main_process,
     run_on_main,
 )
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.utils.io_utils import (
     CorruptFileError,
@@ -44,7 +44,7 @@ from speechbrain_ext.utils.io_utils import (
     safe_torch_load,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Fewest shards :func:`run_sharded` cuts a list into (when it has as many
 #: items), so that up to this many processes (8 nodes of 8 GPUs) all get

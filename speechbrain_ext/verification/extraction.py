@@ -14,7 +14,6 @@ Example
 """
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ import time
 import numpy as np
 import torch
 from speechbrain.utils.distributed import ddp_broadcast, if_main_process
+from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from speechbrain_ext.dataio.audio import (
@@ -39,7 +39,7 @@ from speechbrain_ext.utils.io_utils import (
     safe_torch_load,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Samples per second of every audio file the recipe reads.
 SAMPLE_RATE = 16000

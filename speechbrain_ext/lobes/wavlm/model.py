@@ -31,12 +31,12 @@ torch.Size([3, 2, 49, 64])
 tensor([49, 29])
 """
 
-import logging
 import math
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.logger import get_logger
 from torch import nn
 
 from speechbrain_ext.lobes.wavlm.config import (
@@ -49,7 +49,7 @@ from speechbrain_ext.lobes.wavlm.state_dict import (
     is_pretraining_key,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class _ChannelLayerNorm(nn.Sequential):
