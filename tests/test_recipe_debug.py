@@ -1,13 +1,15 @@
 """Every row of the recipe CSV runs with ``--debug``, as upstream's CI does.
 
 SpeechBrain's recipe tests run ``python SCRIPT HPARAMS <test_debug_flags>
---debug`` from the repository root for each row of ``tests/recipes/*.csv``
-and then check ``test_debug_checks``: ``file_exists=[...]`` (files under the
-run's output folder) and ``performance_check=[FILE, KEY, <BOUND, MARKER]``
-(the value of ``KEY`` on the line of ``FILE`` that holds ``MARKER``). The
-flags point at ``tests/samples``, the tiny data :func:`samples` generates
-with the project's own code (a synthetic corpus, a random tiny WavLM, a
-random embeddings file and a tiny trained-model checkpoint), and write under
+--debug --debug_persistently`` from the repository root for each row of
+``tests/recipes/*.csv`` (checkpoints stay in the output folder, where the
+pipeline's later stages find them) and then check ``test_debug_checks``:
+``file_exists=[...]`` (files under the run's output folder) and
+``performance_check=[FILE, KEY, <BOUND, MARKER]`` (the value of ``KEY`` on
+the line of ``FILE`` that holds ``MARKER``). The flags point at
+``tests/samples``, the tiny data :func:`samples` generates with the
+project's own code (a synthetic corpus, a random tiny WavLM, a random
+embeddings file and a tiny trained-model checkpoint), and write under
 ``tests/tmp``.
 """
 
@@ -138,6 +140,7 @@ def test_recipe_runs_with_debug(row, samples):
             row["Hparam_file"],
             *flags,
             "--debug",
+            "--debug_persistently",
         ],
         cwd=ROOT,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
