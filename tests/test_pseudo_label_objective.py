@@ -283,3 +283,98 @@ def test_regulariser_gradient_is_added_to_the_loss_gradient():
         assert bool(((p.grad.double() - want).abs() <= bound).all()), name
     no_reg = objective_with_gate(threshold=None)
     assert no_reg.add_regulariser_gradient(module) is None
+
+
+def _ddp_worker(rank, world, port, results):
+    """One process of a 2-process gloo group: half of each batch."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+    )
+    try:
+        cosine, labels, ok, right, speaker = random_batch(3)
+        generator = torch.Generator().manual_seed(30)
+        weights = torch.randn(C, D, generator=generator)
+        clean = torch.randn(N, D, generator=generator)
+        ce = ce64(aam_logits(cosine, labels), labels)
+        threshold = gap_threshold(ce[ok].log())
+        rows = slice(rank * N // world, (rank + 1) * N // world)
+        part = cosine[rows].clone().requires_grad_(True)
+        objective = objective_with_gate(threshold)
+        loss, counts = objective(
+            part,
+            labels[rows],
+            LC_START,
+            ok[rows],
+            right[rows],
+            speaker[rows],
+            lambda index: clean[rows][index].unsqueeze(1),
+            weights,
+        )
+        loss.backward()
+        results[rank] = (
+            loss.item(),
+            counts,
+            part.grad.clone(),
+            objective.loss_gate.recorded.clone(),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_single_process_loss_counts_and_gradient():
+    """Each process holds half of the batch: the gathered gate, loss
+    normalisation, record and counters are the whole batch's, and the
+    gradients DDP averages are the single process's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    cosine, labels, ok, right, speaker = random_batch(3)
+    generator = torch.Generator().manual_seed(30)
+    weights = torch.randn(C, D, generator=generator)
+    clean = torch.randn(N, D, generator=generator)
+    ce = ce64(aam_logits(cosine, labels), labels)
+    objective = objective_with_gate(gap_threshold(ce[ok].log()))
+    whole = cosine.clone().requires_grad_(True)
+    loss, counts = objective(
+        whole,
+        labels,
+        LC_START,
+        ok,
+        right,
+        speaker,
+        lambda index: clean[index].unsqueeze(1),
+        weights,
+    )
+    loss.backward()
+    assert counts["corrected"] > 0 and counts["rejected"] > 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2)
+    for rank in range(2):
+        share, rank_counts, grad, recorded = results[rank]
+        assert rank_counts["samples"] == counts["samples"]
+        assert rank_counts["kept"] == counts["kept"]
+        assert rank_counts["corrected"] == counts["corrected"]
+        assert rank_counts["ce_sum"] == counts["ce_sum"]
+        assert torch.equal(recorded, objective.loss_gate.recorded)
+        # Sums of the same float32 terms grouped per process: gamma(N).
+        assert rank_counts["gated_loss_sum"] == pytest.approx(
+            counts["gated_loss_sum"], rel=gamma(N)
+        )
+        # DDP averages the processes' gradients: each row's gradient,
+        # divided by the world size, is the single process's.
+        rows = slice(rank * N // 2, (rank + 1) * N // 2)
+        torch.testing.assert_close(
+            grad / 2, whole.grad[rows], rtol=gamma(N), atol=0
+        )
+    shares = [results[rank][0] for rank in range(2)]
+    assert sum(shares) / 2 == pytest.approx(loss.item(), rel=gamma(N))
