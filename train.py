@@ -365,9 +365,9 @@ class PseudoLabelBrain(sb.core.Brain):
         return self.modules.classifier(embeddings)
 
     def compute_objectives(self, cosine, batch, stage):
-        """Gate, label correction and the normalised loss.
+        """The round's objective (:class:`PseudoLabelObjective`) and counters.
 
-        The L2-SP term's gradient is added in :meth:`optimizers_step`.
+        Its L2-SP term's gradient is added in :meth:`optimizers_step`.
 
         Arguments
         ---------
