@@ -666,7 +666,11 @@ def dataio_prep(hparams, labels, paths):
                 wav = read_audio(path, rate, start, min(frames, start + crop))
                 clean, ok = wrap_pad(wav, crop), True
             except (AudioError, soundfile.LibsndfileError, OSError) as error:
-                logger.warning("Skipping unusable audio: %s", error)
+                logger.warning(
+                    "Skipping unusable audio: %s",
+                    error,
+                    main_process_only=False,
+                )
                 clean, ok = torch.zeros(crop), False
             aug = augmenter(clean)[0] if ok else clean
         yield clean

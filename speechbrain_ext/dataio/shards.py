@@ -239,14 +239,20 @@ def load_shard(path, keys, fingerprint):
     try:
         shard = safe_torch_load(path)
     except CorruptFileError as error:
-        logger.warning("recomputing a corrupt shard: %s", error)
+        logger.warning(
+            "recomputing a corrupt shard: %s", error, main_process_only=False
+        )
         return None
     if (
         not isinstance(shard, dict)
         or shard.get("keys") != keys
         or shard.get("fingerprint") != fingerprint
     ):
-        logger.warning("%s: other files or settings, recomputing it", path)
+        logger.warning(
+            "%s: other files or settings, recomputing it",
+            path,
+            main_process_only=False,
+        )
         return None
     return {name: array.numpy() for name, array in shard["arrays"].items()}
 
@@ -418,6 +424,7 @@ def _work_on(
             shard_costs[index] / sample_rate / 3600,
             finished / sample_rate / max(elapsed, 1e-9),
             elapsed * (total - finished) / max(finished, 1),
+            main_process_only=False,
         )
 
 
