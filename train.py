@@ -27,15 +27,12 @@ Usage::
 
 import speechbrain_ext.preflight  # noqa: F401
 
-import logging
 import os
-import re
 import sys
 
 import soundfile
 import speechbrain as sb
 import torch
-import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
@@ -43,15 +40,19 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
 
 from data_prep.augmentation import prepare_augmentation
 from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
+from speechbrain_ext.dataio.lists import TrainListError, read_train_list
 from speechbrain_ext.dataio.sampler import SpeakerBalancedBatchSampler
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
-from speechbrain_ext.nnet.aam import log_cross_entropy
-from speechbrain_ext.nnet.l2sp import L2SP, normalised_loss
-from speechbrain_ext.nnet.label_correction import correct_labels
+from speechbrain_ext.nnet.l2sp import L2SP
 from speechbrain_ext.nnet.loss_gate import default_plot_path
+from speechbrain_ext.nnet.pseudo_label_objective import (
+    COUNTER_KEYS,
+    PseudoLabelObjective,
+)
 from speechbrain_ext.pretrained.checkpoints import (
     CheckpointNotFoundError,
     load_state,
@@ -73,35 +74,10 @@ from speechbrain_ext.verification.training_diagnostics import (
     label_truth,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
-STAT_KEYS = (
-    "samples",
-    "kept",
-    "rejected",
-    "corrected",
-    "bad_audio",
-    "ce_sum",
-    "gated_loss_sum",
-    "steps",
-    # Diagnostics against the true speakers (when the keys carry them):
-    # samples with a known speaker, kept / rejected ones whose pseudo-label
-    # is right (their speaker is the majority speaker of their class), and
-    # corrections that agree with the majority label of their speaker.
-    "known",
-    "kept_known",
-    "kept_right",
-    "rejected_right",
-    "corrected_known",
-    "corrected_agree",
-)
-
-
-ASCII_INTEGER = re.compile("[0-9]+")
-
-
-class TrainListError(ValueError):
-    """Raised for an unusable train list (one line naming the problem)."""
+#: The epoch's counters: the objective's, and the number of steps.
+STAT_KEYS = COUNTER_KEYS + ("steps",)
 
 
 @register_checkpoint_hooks
@@ -319,45 +295,21 @@ class PseudoLabelBrain(sb.core.Brain):
             else "lr_wavlm"
         )
         self.l2sp = (L2SP(anchored) if l2sp is None else l2sp).to(self.device)
+        self.objective = PseudoLabelObjective(
+            self.hparams.aam_loss,
+            self.hparams.loss_gate,
+            self.hparams.lc_start_epoch,
+            self.hparams.lc_temperature,
+            self.hparams.lc_min_prob,
+            self.l2sp,
+            self.hparams.l2sp_weight,
+            self.hparams.l2sp_eps,
+        )
         self.stats = EpochStats()
         self.history = EpochHistory(self.hparams.epoch_stats_file)
         self.epoch = 0
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("epoch_stats", self.stats)
-
-    def world_size(self):
-        """Number of DDP processes (1 without DDP)."""
-        if torch.distributed.is_initialized():
-            return torch.distributed.get_world_size()
-        return 1
-
-    def _gather(self, tensor):
-        if self.world_size() == 1:
-            return tensor
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size())]
-        torch.distributed.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=-1)
-
-    def _all_sum(self, tensor):
-        if self.world_size() > 1:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def lc_active(self, epoch):
-        """Whether label correction runs in ``epoch``.
-
-        Arguments
-        ---------
-        epoch : int
-            1-based epoch.
-
-        Returns
-        -------
-        bool
-        """
-        return epoch >= self.hparams.lc_start_epoch and (
-            self.hparams.loss_gate.active(epoch)
-        )
 
     def on_fit_batch_start(self, batch, should_step):
         """Seed dropout etc. from (seed, epoch, step, rank): resumable.
@@ -412,9 +364,9 @@ class PseudoLabelBrain(sb.core.Brain):
         return self.modules.classifier(embeddings)
 
     def compute_objectives(self, cosine, batch, stage):
-        """Gate, label correction and the normalised loss.
+        """The round's objective (:class:`PseudoLabelObjective`) and counters.
 
-        The L2-SP term's gradient is added in :meth:`optimizers_step`.
+        Its L2-SP term's gradient is added in :meth:`optimizers_step`.
 
         Arguments
         ---------
@@ -430,63 +382,18 @@ class PseudoLabelBrain(sb.core.Brain):
         torch.Tensor
             The scalar objective.
         """
-        hp = self.hparams
-        labels = batch.label.data.reshape(-1).to(self.device)
-        ok = batch.ok.data.reshape(-1).to(self.device)
-        right = batch.label_right.data.reshape(-1).to(self.device)
-        logits = hp.aam_loss.logits(cosine, labels)
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        # Exact log(CE) in float64, finite also where the float32 CE is 0.
-        log_ce = log_cross_entropy(logits, labels)
-        gathered = self._gather(
-            torch.stack([ce.detach().double(), log_ce, ok.double(), right])
+        loss, counts = self.objective(
+            cosine,
+            batch.label.data.reshape(-1).to(self.device),
+            self.epoch,
+            ok=batch.ok.data.reshape(-1).to(self.device),
+            label_right=batch.label_right.data.reshape(-1).to(self.device),
+            speaker_label=batch.speaker_label.data.reshape(-1).to(self.device),
+            clean_embeddings=lambda rows: self.clean_embeddings(batch, rows),
+            class_weights=_unwrap(self.modules.classifier).weight.detach(),
         )
-        ce_all, log_ce_all = gathered[0].float(), gathered[1]
-        ok_all, right_all = gathered[2].bool(), gathered[3]
-        keep = hp.loss_gate.keep_mask(log_ce, self.epoch) & ok
-        keep_all = hp.loss_gate.keep_mask(log_ce_all, self.epoch) & ok_all
-        hp.loss_gate.record(log_ce_all[ok_all])
-        world = self.world_size()
-        n_valid = ok_all.sum()
-        kept_sum = (ce * keep).sum()
-        kept_sum_all = (ce_all * keep_all).sum()
-        corrected = torch.zeros(4, device=self.device)
-        if self.lc_active(self.epoch):
-            corrected_sum, lc_counts = self._corrected_loss(
-                logits, batch, ok & ~keep
-            )
-            kept_sum = kept_sum + corrected_sum
-            corrected = self._all_sum(
-                torch.cat([corrected_sum.detach().reshape(1), lc_counts])
-            )
-            denominator = n_valid.clamp_min(1)
-        else:
-            denominator = keep_all.sum().clamp_min(1)
-        loss = world * kept_sum / denominator
-        global_loss = (kept_sum_all + corrected[0]) / denominator
-        known_all = ok_all & (right_all >= 0)
-        rejected_all = ok_all & ~keep_all
-        # One device-to-host copy for all counters.
-        counts = torch.stack(
-            [
-                n_valid.float(),
-                keep_all.sum().float(),
-                rejected_all.sum().float(),
-                corrected[1],
-                (~ok_all).sum().float(),
-                (ce_all * ok_all).sum(),
-                global_loss.detach(),
-                known_all.sum().float(),
-                (known_all & keep_all).sum().float(),
-                (known_all & keep_all & (right_all == 1)).sum().float(),
-                (known_all & rejected_all & (right_all == 1)).sum().float(),
-                corrected[2],
-                corrected[3],
-            ]
-        ).tolist()
-        keys = [key for key in STAT_KEYS if key != "steps"]
-        self.stats.add(**dict(zip(keys, counts)), steps=1)
-        return normalised_loss(loss, scale=global_loss)
+        self.stats.add(**counts, steps=1)
+        return loss
 
     def clean_embeddings(self, batch, index):
         """Embeddings of the clean views of some samples, without gradients.
@@ -520,48 +427,6 @@ class PseudoLabelBrain(sb.core.Brain):
             if ecapa:
                 model.train()
 
-    def _corrected_loss(self, logits, batch, rejected):
-        """CE against corrected labels of rejected, confident samples.
-
-        As in the reference (``CE(output, label_LC)``), the CE is taken on
-        the same AAM logits as the main loss, whose margin sits at the
-        ORIGINAL label.
-
-        Returns
-        -------
-        loss_sum : torch.Tensor
-            Sum of the corrected samples' CE.
-        counts : torch.Tensor
-            ``[3]``: corrected samples, those whose true speaker is known,
-            and those whose new label is their speaker's majority label.
-        """
-        zero = torch.zeros((), device=self.device)
-        counts = torch.zeros(3, device=self.device)
-        if not bool(rejected.any()):
-            return zero, counts
-        hp = self.hparams
-        index = rejected.nonzero().squeeze(1)
-        clean_emb = self.clean_embeddings(batch, index)
-        weight = _unwrap(self.modules.classifier).weight.detach()
-        new_labels, confident, _ = correct_labels(
-            clean_emb, weight, hp.lc_temperature, hp.lc_min_prob
-        )
-        if not bool(confident.any()):
-            return zero, counts
-        rows = index[confident]
-        new_labels = new_labels[confident]
-        ce = F.cross_entropy(logits[rows], new_labels, reduction="none")
-        majority = batch.speaker_label.data.reshape(-1).to(self.device)[rows]
-        known = majority >= 0
-        counts = torch.stack(
-            [
-                torch.tensor(float(len(rows)), device=self.device),
-                known.sum().float(),
-                (known & (new_labels == majority)).sum().float(),
-            ]
-        )
-        return ce.sum(), counts
-
     def fit_batch(self, batch):
         """One step; returns the mean CE of the batch for the progress bar.
 
@@ -584,26 +449,22 @@ class PseudoLabelBrain(sb.core.Brain):
     def optimizers_step(self):
         """Add the L2-SP gradient, then step (every accumulation cycle)."""
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-        self.l2sp.add_gradient(
-            anchored_module(_unwrap(self.modules.embedding_model)),
-            self.hparams.l2sp_weight,
-            self.hparams.l2sp_eps,
-            grad_scale=scale,
+        self.objective.add_regulariser_gradient(
+            anchored_module(_unwrap(self.modules.embedding_model)), scale
         )
         super().optimizers_step()
 
     def init_optimizers(self):
         """AdamW with the reference's parameter groups and the hparams'
         ``lr_scheduler`` (the reference's decay) on them."""
-        hp = self.hparams
         groups = parameter_groups(
             _unwrap(self.modules.embedding_model),
             _unwrap(self.modules.classifier),
-            hp,
+            self.hparams,
         )
         self.optimizer = self.opt_class(groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
-        self.lr_scheduler = hp.lr_scheduler(self.optimizer)
+        self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
@@ -638,11 +499,16 @@ class PseudoLabelBrain(sb.core.Brain):
         epoch : int
             1-based epoch.
         """
-        hp = self.hparams
-        used = hp.loss_gate.threshold if hp.loss_gate.active(epoch) else None
-        plot = default_plot_path(hp.plot_folder, epoch)
-        gate = hp.loss_gate.end_epoch(
-            epoch, plot if if_main_process() else None, name=hp.run_name
+        used = (
+            self.hparams.loss_gate.threshold
+            if self.hparams.loss_gate.active(epoch)
+            else None
+        )
+        plot = default_plot_path(self.hparams.plot_folder, epoch)
+        gate = self.hparams.loss_gate.end_epoch(
+            epoch,
+            plot if if_main_process() else None,
+            name=self.hparams.run_name,
         )
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.lr_scheduler.step()
@@ -674,7 +540,7 @@ class PseudoLabelBrain(sb.core.Brain):
         }
         if if_main_process():
             self.history.update(diagnostics)
-        hp.train_logger.log_stats(
+        self.hparams.train_logger.log_stats(
             stats_meta={
                 "epoch": epoch,
                 "lr_backend": lrs[0],
@@ -685,7 +551,7 @@ class PseudoLabelBrain(sb.core.Brain):
         self.stats.reset()
         self.checkpointer.save_and_keep_only(
             meta={"epoch": epoch, "loss": train_stats["loss"]},
-            num_to_keep=hp.ckpt_to_keep,
+            num_to_keep=self.hparams.ckpt_to_keep,
         )
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **kw):
@@ -715,87 +581,6 @@ class PseudoLabelBrain(sb.core.Brain):
         if self.checkpointer is not None and ckpt_prefix is not None:
             self.checkpointer.add_recoverable(ckpt_prefix + stage.name, loader)
         return loader
-
-
-def read_train_list(path, data_folder, n_classes):
-    """Read ``LABEL RELPATH`` lines and check labels and files.
-
-    Arguments
-    ---------
-    path : str
-        The list (pseudo-labels from ``recipes/pseudo_label.py``).
-    data_folder : str
-        Root the paths are relative to.
-    n_classes : int
-        Number of classes of the AAM head.
-
-    Returns
-    -------
-    labels : list of int
-    paths : list of str
-        Absolute paths.
-
-    Raises
-    ------
-    TrainListError
-        Naming the problem: malformed lines, non-integer or negative labels,
-        labels >= ``n_classes``, missing files (count and first few).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = open(os.path.join(folder, "a.wav"), "w")
-    >>> with open(os.path.join(folder, "pl.txt"), "w") as f:
-    ...     _ = f.write("3 a.wav\\n")
-    >>> read_train_list(os.path.join(folder, "pl.txt"), folder, 4)[0]
-    [3]
-    """
-    if not os.path.isfile(path):
-        raise TrainListError(f"{path}: train list not found")
-    labels, paths, bad = [], [], []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except UnicodeDecodeError as error:
-        raise TrainListError(
-            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} "
-            f"at offset {error.start})"
-        ) from None
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            bad.append(f"line {number}: {line.strip()!r}")
-            continue
-        label, relpath = fields
-        if not ASCII_INTEGER.fullmatch(label):
-            bad.append(f"line {number}: label {label!r}")
-            continue
-        labels.append(int(label))
-        paths.append(os.path.join(data_folder, relpath))
-    if bad:
-        raise TrainListError(
-            f"{path}: {len(bad)} lines are not 'LABEL RELPATH' with a "
-            f"non-negative integer label, e.g. {'; '.join(bad[:3])}"
-        )
-    if not labels:
-        raise TrainListError(f"{path}: empty train list")
-    too_big = sorted({x for x in labels if x >= n_classes})
-    if too_big:
-        raise TrainListError(
-            f"{path}: {len(too_big)} label values >= n_classes={n_classes} "
-            f"(e.g. {too_big[:5]}); set --n_classes to at least "
-            f"{max(labels) + 1}"
-        )
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise TrainListError(
-            f"{path}: {len(missing)} of {len(paths)} listed files are missing "
-            f"under {data_folder}, e.g. {missing[:3]}"
-        )
-    return labels, paths
 
 
 def dataio_prep(hparams, labels, paths):
@@ -862,7 +647,11 @@ def dataio_prep(hparams, labels, paths):
                 wav = read_audio(path, rate, start, min(frames, start + crop))
                 clean, ok = wrap_pad(wav, crop), True
             except (AudioError, soundfile.LibsndfileError, OSError) as error:
-                logger.warning("Skipping unusable audio: %s", error)
+                logger.warning(
+                    "Skipping unusable audio: %s",
+                    error,
+                    main_process_only=False,
+                )
                 clean, ok = torch.zeros(crop), False
             aug = augmenter(clean)[0] if ok else clean
         yield clean

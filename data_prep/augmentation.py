@@ -36,9 +36,11 @@ import csv
 import logging
 import os
 
+from speechbrain.utils.logger import get_logger
+
 from data_prep.voxceleb import check_audio
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # File name of each kind of augmentation CSV in an output folder.
 CSV_NAMES = {

@@ -27,8 +27,8 @@ import torch
 from speechbrain.lobes.features import MFCC
 from speechbrain.utils.metric_stats import EER
 
-from data_prep.voxceleb import read_trials
 from speechbrain_ext.dataio.audio import read_audio
+from speechbrain_ext.dataio.lists import read_trials
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,8 +32,9 @@ import shutil
 import subprocess
 
 import soundfile
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SAMPLE_RATE = 16000
 

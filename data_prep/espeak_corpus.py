@@ -37,10 +37,11 @@ import time
 import numpy as np
 import soundfile
 from scipy.signal import resample_poly
+from speechbrain.utils.logger import get_logger
 
 from data_prep import synthetic
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 ESPEAK = "espeak-ng"
 MARKER = "corpus.json"

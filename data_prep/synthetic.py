@@ -46,8 +46,9 @@ import time
 
 import numpy as np
 import soundfile
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SAMPLE_RATE = 16000
 N_FFT = 512

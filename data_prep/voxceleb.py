@@ -51,17 +51,15 @@ import os
 import re
 
 import soundfile
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.dataio.audio import WAVLM_MIN_SAMPLES, count_nonfinite
+from speechbrain_ext.dataio.lists import TrialListError, read_trials
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 LAYOUT_PROBLEM = "not in the SPEAKER/VIDEO/UTT.wav layout"
 UNSAFE_NAME = re.compile(r"[\s$]")
-
-
-class TrialListError(ValueError):
-    """A trial list is malformed or names files that cannot be used."""
 
 
 def check_audio(
@@ -248,63 +246,6 @@ def scan_folder(
     return sorted(good), sorted(bad)
 
 
-def read_trials(path):
-    """Read and check a trial list of ``LABEL ENROL TEST`` lines.
-
-    Arguments
-    ---------
-    path : str
-        veri_test2.txt, list_test_all2.txt, list_test_hard2.txt or any list
-        of that format (paths relative to the wav root).
-
-    Returns
-    -------
-    list of tuple
-        ``(label, enrol, test)``, label 1 (same speaker) or 0.
-
-    Raises
-    ------
-    TrialListError
-        ``FILE:LINE: problem`` for the first malformed line.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "trials.txt")
-    >>> _ = open(path, "w").write("1 id1/a/1.wav id1/b/2.wav\\n2 x y\\n")
-    >>> read_trials(path)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    data_prep.voxceleb.TrialListError: ...trials.txt:2: label must be 0 or 1...
-    """
-    trials = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3:
-                raise TrialListError(
-                    f"{path}:{number}: expected 'LABEL ENROL TEST', got "
-                    f"{len(fields)} fields: {line.strip()!r}"
-                )
-            label, enrol, test = fields
-            if label not in ("0", "1"):
-                raise TrialListError(
-                    f"{path}:{number}: label must be 0 or 1, got {label!r}"
-                )
-            for name in (enrol, test):
-                if name.startswith("/") or name.count("/") != 2:
-                    raise TrialListError(
-                        f"{path}:{number}: {name!r} is not a relative "
-                        "SPEAKER/VIDEO/UTT path"
-                    )
-            trials.append((int(label), enrol, test))
-    if not trials:
-        raise TrialListError(f"{path}: no trials")
-    return trials
-
-
 def check_trial_files(trials, path, data_folder, usable, skipped=None):
     """Raise if a trial names a file that is missing or was skipped.
 
@@ -333,7 +274,7 @@ def check_trial_files(trials, path, data_folder, usable, skipped=None):
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    data_prep.voxceleb.TrialListError: t.txt: 1 of 2 ...: a/c/2.wav (missing)
+    speechbrain_ext.dataio.lists.TrialListError: t.txt: 1 of 2 ...(missing)
     """
     skipped = skipped or {}
     files = sorted({name for _, a, b in trials for name in (a, b)})

@@ -29,8 +29,9 @@ import shutil
 import sys
 
 from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.logger import get_logger
 
-from data_prep.voxceleb import TrialListError
+from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.lobes.classifier import CosineClassifier
 from speechbrain_ext.lobes.wavlm import WavLMCheckpointError, load_wavlm
 from speechbrain_ext.pretrained.architecture import ArchitectureRecord
@@ -50,7 +51,7 @@ from speechbrain_ext.utils.stage_utils import (
 )
 from speechbrain_ext.verification.metrics import TrialLabelError
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = MODEL_INPUT_ERRORS + (
     ReferenceCheckpointError,

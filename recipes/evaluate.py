@@ -24,19 +24,19 @@ To run::
 import speechbrain_ext.preflight  # noqa: F401
 
 import json
-import logging
 import os
 import sys
 import time
 
 import numpy as np
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
 
-from data_prep.voxceleb import TrialListError
 from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
 )
+from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.pretrained.checkpoints import (
     load_embedding_model,
     weights_fingerprint,
@@ -62,7 +62,7 @@ from speechbrain_ext.verification.scoring import (
     write_scores,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = MODEL_INPUT_ERRORS + (
     EmbeddingsFileError,

@@ -16,11 +16,12 @@ To run::
 
 import speechbrain_ext.preflight  # noqa: F401
 
-import logging
 import os
 import sys
 
-from data_prep.voxceleb import TrialListError
+from speechbrain.utils.logger import get_logger
+
+from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.pretrained.checkpoints import load_embedding_model
 from speechbrain_ext.pretrained.export import (
     calibrate_on_dev_trials,
@@ -32,7 +33,7 @@ from speechbrain_ext.utils.stage_utils import (
 )
 from speechbrain_ext.verification.metrics import TrialLabelError
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = MODEL_INPUT_ERRORS + (TrialLabelError, TrialListError)
 

@@ -25,14 +25,18 @@ To run::
 
 import speechbrain_ext.preflight  # noqa: F401
 
-import logging
 import os
 import shutil
 import sys
 
 from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.dataio.embeddings_io import save_embeddings
+from speechbrain_ext.dataio.lists import (
+    UtteranceListError,
+    read_utterance_list,
+)
 from speechbrain_ext.pretrained.checkpoints import (
     load_embedding_model,
     weights_fingerprint,
@@ -42,14 +46,12 @@ from speechbrain_ext.utils.stage_utils import (
     run_stage,
 )
 from speechbrain_ext.verification.extraction import (
-    UtteranceListError,
     embed_in_shards,
     find_wavs,
-    read_utterance_list,
 )
 from speechbrain_ext.verification.scoring import check_files_exist
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = MODEL_INPUT_ERRORS + (UtteranceListError,)
 

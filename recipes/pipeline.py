@@ -46,7 +46,6 @@ To run::
 import speechbrain_ext.preflight  # noqa: F401
 
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -56,6 +55,7 @@ import time
 from dataclasses import dataclass
 
 import speechbrain as sb
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.utils.folder_lock import (
     FolderLock,
@@ -66,7 +66,7 @@ from speechbrain_ext.utils.io_utils import atomic_open, remove_stale_temporaries
 from speechbrain_ext.utils.stage_utils import load_stage_hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SUMMARY_KEYS = (
     "stage",
@@ -499,7 +499,9 @@ def plan_stages(hparams, run_options=()):
             name,
             train_launcher,
             "train.py",
-            hparams["round1_hparams" if index == 1 else "later_round_hparams"],
+            hparams["round1_hparams"]
+            if index == 1
+            else hparams["later_round_hparams"],
             {
                 **training,
                 "train_list": labels,

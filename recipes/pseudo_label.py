@@ -37,6 +37,7 @@ import sys
 import time
 
 import numpy as np
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
@@ -54,7 +55,7 @@ from speechbrain_ext.utils.stage_utils import (
 )
 from speechbrain_ext.verification.clustering import pseudo_label
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_ERRORS = (
     EmbeddingsFileError,

@@ -26,20 +26,19 @@ import speechbrain_ext.preflight  # noqa: F401
 
 import csv
 import json
-import logging
 import os
 import sys
 
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from data_prep.augmentation import (
     AugmentationDataError,
     prepare_augmentation,
 )
-from data_prep.voxceleb import read_trials
 from speechbrain_ext.dataio.audio import (
     AudioError,
     audio_frames,
@@ -50,7 +49,9 @@ from speechbrain_ext.dataio.embeddings_io import (
     load_embeddings,
     save_embeddings,
 )
+from speechbrain_ext.dataio.lists import read_utterance_list
 from speechbrain_ext.lobes.dino import (
+    WaveformEmbedder,
     cosine_schedule,
     ema_update,
     select_embeddings,
@@ -63,10 +64,16 @@ from speechbrain_ext.utils.stage_utils import (
     TRAINING_ERRORS,
     load_stage_hparams,
 )
-from speechbrain_ext.verification.extraction import read_utterance_list
+from speechbrain_ext.verification.extraction import embed_full_utterances
 from speechbrain_ext.verification.metrics import verification_metrics
+from speechbrain_ext.verification.scoring import (
+    check_files_exist,
+    normalise_rows,
+    read_trials,
+    score_trials,
+)
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class DINOBrain(sb.Brain):
@@ -210,52 +217,42 @@ class DINOBrain(sb.Brain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
-    @torch.no_grad()
-    def extract(self, items, batch_size, max_samples, network="teacher"):
-        """Embed whole utterances (capped) with a backbone, in batches.
 
-        Arguments
-        ---------
-        items : list of (str, str, int)
-            ``(key, path, samples)`` per utterance.
-        batch_size : int
-            Utterances per batch (sorted by length to limit padding).
-        max_samples : int
-            Longer audio is cut to its first ``max_samples`` samples.
-        network : str
-            ``"teacher"`` or ``"student"``.
+def embed_files(brain, hparams, paths, lengths=None):
+    """Embed whole utterances (capped) with the trained backbone, batched.
 
-        Returns
-        -------
-        keys : list of str
-        embeddings : torch.Tensor
-            ``[len(keys), D]`` float32 on the CPU.
-        """
-        model = getattr(self.modules, network)
-        model = getattr(model, "module", model)
-        for module in self.modules.values():
-            module.eval()
-        order = sorted(items, key=lambda item: -min(item[2], max_samples))
-        keys, rows = [], []
-        batches = range(0, len(order), batch_size)
-        for start in tqdm(
-            batches, disable=not if_main_process() or self.noprogressbar
-        ):
-            chunk = order[start : start + batch_size]
-            wavs = [read_audio(path, stop=max_samples) for _, path, _ in chunk]
-            lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float)
-            padded = torch.zeros(len(wavs), int(lengths.max()))
-            for row, wav in enumerate(wavs):
-                padded[row, : len(wav)] = wav
-            padded = padded.to(self.device)
-            relative = (lengths / lengths.max()).to(self.device)
-            with self.evaluation_ctx:
-                feats = self.modules.compute_features(padded)
-                feats = self.modules.mean_var_norm(feats, relative)
-                embeddings = model.embed(feats, relative)
-            keys.extend(key for key, _, _ in chunk)
-            rows.append(embeddings.float().cpu())
-        return keys, torch.cat(rows)
+    Arguments
+    ---------
+    brain : DINOBrain
+        Trained (or recovered) brain.
+    hparams : dict
+        ``extract_network``, ``extract_max_samples``,
+        ``extract_batch_size``.
+    paths : list of str
+        Audio files.
+    lengths : list of int, optional
+        Their lengths in samples (capped); read from the headers otherwise.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[len(paths), D]`` float32.
+    """
+    network = getattr(brain.modules, hparams["extract_network"])
+    model = WaveformEmbedder(
+        brain.modules.compute_features,
+        brain.modules.mean_var_norm,
+        getattr(network, "module", network),
+    )
+    return embed_full_utterances(
+        model,
+        paths,
+        max_samples=hparams["extract_max_samples"],
+        max_batch_size=hparams["extract_batch_size"],
+        device=brain.device,
+        progress=not brain.noprogressbar,
+        lengths=lengths,
+    )
 
 
 def write_embeddings(brain, hparams, items):
@@ -269,13 +266,17 @@ def write_embeddings(brain, hparams, items):
     items : list of (str, str, int)
         ``(key, path, samples)`` rows of the audio manifest.
     """
-    keys, embeddings = brain.extract(
-        items,
-        hparams["extract_batch_size"],
-        hparams["extract_max_samples"],
-        hparams["extract_network"],
+    cap = hparams["extract_max_samples"]
+    keys = [key for key, _, _ in items]
+    embeddings = embed_files(
+        brain,
+        hparams,
+        [path for _, path, _ in items],
+        [min(samples, cap) for _, _, samples in items],
     )
-    save_embeddings((keys, embeddings), hparams["embeddings_file"])
+    save_embeddings(
+        (keys, torch.from_numpy(embeddings)), hparams["embeddings_file"]
+    )
     logger.info(
         "%d %s embeddings -> %s",
         len(keys),
@@ -302,27 +303,18 @@ def evaluate_trials(brain, hparams):
         The metrics written.
     """
     trials = read_trials(hparams["trials"])
-    files = sorted(
-        {path for _, enrol, test in trials for path in (enrol, test)}
+    files = trials.files
+    check_files_exist(files, hparams["data_folder"], hparams["trials"])
+    vectors = normalise_rows(
+        embed_files(
+            brain,
+            hparams,
+            [os.path.join(hparams["data_folder"], key) for key in files],
+        )
     )
-    items = []
-    for key in files:
-        path = os.path.join(hparams["data_folder"], key)
-        items.append((key, path, len(read_audio(path))))
-    keys, embeddings = brain.extract(
-        items,
-        hparams["extract_batch_size"],
-        hparams["extract_max_samples"],
-        hparams["extract_network"],
-    )
-    embeddings = torch.nn.functional.normalize(embeddings, dim=1)
-    index = {key: row for row, key in enumerate(keys)}
-    enrol = embeddings[[index[enrol] for _, enrol, _ in trials]]
-    test = embeddings[[index[test] for _, _, test in trials]]
-    scores = (enrol * test).sum(dim=1).numpy()
-    labels = [label for label, _, _ in trials]
-    metrics = verification_metrics(scores, labels, hparams["trials"])
-    metrics["n_trials"] = len(trials)
+    scores = score_trials(vectors, *trials.indices(files))
+    metrics = verification_metrics(scores, trials.labels, hparams["trials"])
+    metrics["n_trials"] = len(trials.labels)
     with atomic_open(hparams["eval_file"]) as f:
         json.dump(metrics, f, indent=2)
     logger.info(
@@ -330,7 +322,7 @@ def evaluate_trials(brain, hparams):
         hparams["trials"],
         metrics["EER"],
         metrics["minDCF_0.01"],
-        len(trials),
+        len(trials.labels),
         hparams["eval_file"],
     )
     return metrics

@@ -56,3 +56,40 @@ def test_ruff_is_clean():
         [ruff, "check", "--quiet", str(ROOT)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def imported_modules(path):
+    """Top-level names of the modules a file imports."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_library_imports_no_recipe_code():
+    """``speechbrain_ext`` is the library: data_prep and the scripts use it,
+    never the other way round."""
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(
+            name
+            for name in imported_modules(path)
+            if name.split(".")[0] in ("data_prep", "recipes", "train")
+        )
+        for path in sorted((ROOT / "speechbrain_ext").rglob("*.py"))
+    }
+    assert {path: names for path, names in wrong.items() if names} == {}
+
+
+def test_loggers_come_from_speechbrain():
+    """SpeechBrain's ``get_logger`` (its level and DDP handling), as
+    upstream asks; ``logging.getLogger()`` of the root logger is allowed."""
+    direct = [
+        str(path.relative_to(ROOT))
+        for path in python_sources()
+        if "logging.getLogger(__name__)" in path.read_text(encoding="utf-8")
+    ]
+    assert direct == []

@@ -23,14 +23,13 @@ from data_prep.augmentation import (
     prepare_augmentation,
 )
 from data_prep.voxceleb import (
-    TrialListError,
     main,
     manifest_dataset,
     prepare_voxceleb,
-    read_trials,
     scan_folder,
 )
 from speechbrain_ext.dataio.audio import read_audio
+from speechbrain_ext.dataio.lists import TrialListError, read_trials
 from speechbrain_ext.utils import io_utils
 
 GOOD = {

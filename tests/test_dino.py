@@ -23,6 +23,7 @@ from speechbrain_ext.lobes.dino import (
     DINOHead,
     DINONetwork,
     MultiCrop,
+    WaveformEmbedder,
     cosine_schedule,
     ema_update,
     make_teacher,
@@ -221,6 +222,40 @@ def test_network_takes_crop_groups_of_different_lengths():
     # computation, bit for bit.
     assert torch.equal(embeddings[:3], network.embed(long))
     assert torch.equal(embeddings[3:], network.embed(short))
+
+
+def test_library_extraction_gives_stage_1s_one_at_a_time_embeddings(
+    tmp_path,
+):
+    """The backbone wrapped as model(wavs, wav_lens) and embedded by the
+    library's batched extraction (batch size 1) equals stage 1's way of
+    embedding one utterance: Fbank, sentence mean normalisation, backbone."""
+    import soundfile
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.processing.features import InputNormalization
+
+    from speechbrain_ext.verification.extraction import embed_full_utterances
+
+    torch.manual_seed(0)
+    network = DINONetwork(small_backbone(), DINOHead(12, 32, 8, 64)).eval()
+    fbank = Fbank(n_mels=20)
+    norm = InputNormalization(norm_type="sentence", std_norm=False)
+    wavs = [torch.rand(n) - 0.5 for n in (16000, 9000, 12345)]
+    paths = []
+    for i, wav in enumerate(wavs):
+        paths.append(str(tmp_path / f"{i}.wav"))
+        soundfile.write(paths[-1], wav.numpy(), 16000, subtype="FLOAT")
+    got = embed_full_utterances(
+        WaveformEmbedder(fbank, norm, network),
+        paths,
+        max_batch_size=1,
+        progress=False,
+    )
+    with torch.no_grad():
+        for row, wav in zip(got, wavs):
+            one = torch.ones(1)
+            want = network.embed(norm(fbank(wav[None]), one), one)[0]
+            assert torch.equal(torch.from_numpy(row), want)
 
 
 def test_teacher_is_a_frozen_copy_and_ema_moves_it():

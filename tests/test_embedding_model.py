@@ -65,9 +65,9 @@ def test_back_end_on_precomputed_hidden_states_matches_full_forward():
     wav_lens = torch.tensor([1.0, 0.6])
     with torch.no_grad():
         hidden = model.wavlm(wavs, wav_lens)
-        frame_lens = model.wavlm.relative_frame_lengths(wav_lens, 12000)
+        frames = model.wavlm.valid_frames(wav_lens, 12000)
         assert torch.equal(
-            model.forward_hidden(hidden, frame_lens), model(wavs, wav_lens)
+            model.forward_hidden(hidden, frames), model(wavs, wav_lens)
         )
 
 

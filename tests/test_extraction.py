@@ -11,6 +11,7 @@ from tiny_models import save_training_checkpoint, tiny_wavlm_mhfa
 
 from speechbrain_ext.dataio.audio import AudioError, read_audio, wrap_pad
 from speechbrain_ext.dataio.embeddings_io import load_embeddings
+from speechbrain_ext.dataio.lists import read_utterance_list
 from speechbrain_ext.dataio.shards import MIN_SHARDS, plan_shards
 from speechbrain_ext.pretrained.architecture import (
     ARCHITECTURE_FILE,
@@ -29,7 +30,6 @@ from speechbrain_ext.verification.extraction import (
     embed_full_utterances,
     embed_in_shards,
     length_batches,
-    read_utterance_list,
     resolve_batch_size,
 )
 

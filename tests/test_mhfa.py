@@ -35,13 +35,13 @@ def test_layer_weights_start_uniform():
 def test_padded_frames_do_not_change_the_embedding():
     mhfa = small_mhfa().eval()
     hidden = torch.randn(4, 2, 30, 12)
-    lengths = torch.tensor([1.0, 20 / 30])
-    reference = mhfa(hidden, lengths)
+    frames = torch.tensor([30, 20])
+    reference = mhfa(hidden, frames)
     garbage = hidden.clone()
     garbage[:, 1, 20:] = 1e3 * torch.randn(4, 10, 12)
     # Masked frames get attention weight exactly 0, so whatever they hold
     # adds exact zeros to the same sums: equal bit for bit.
-    assert torch.equal(mhfa(garbage, lengths), reference)
+    assert torch.equal(mhfa(garbage, frames), reference)
 
 
 def test_a_padded_row_equals_the_utterance_alone():
@@ -51,8 +51,7 @@ def test_a_padded_row_equals_the_utterance_alone():
     # is a bound, and any leak of the padding (order 1e-2) fails it.
     mhfa = small_mhfa().eval().double()
     hidden = torch.randn(4, 2, 30, 12, dtype=torch.float64)
-    lengths = torch.tensor([1.0, 20 / 30], dtype=torch.float64)
-    batched = mhfa(hidden, lengths)
+    batched = mhfa(hidden, torch.tensor([30, 20]))
     alone = mhfa(hidden[:, 1:2, :20])
     torch.testing.assert_close(alone, batched[1:2], rtol=0, atol=1e-12)
 
@@ -70,6 +69,6 @@ def test_wrong_number_of_layers_is_a_clear_error():
 
 def test_gradients_reach_every_parameter():
     mhfa = small_mhfa()
-    mhfa(torch.randn(4, 2, 10, 12), torch.tensor([1.0, 0.5])).sum().backward()
+    mhfa(torch.randn(4, 2, 10, 12), torch.tensor([10, 5])).sum().backward()
     for name, param in mhfa.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name

@@ -111,6 +111,8 @@ def make_brain(n_classes=8):
         "lc_start_epoch": 9,
         "lc_temperature": 0.1,
         "lc_min_prob": 0.5,
+        "l2sp_weight": 0.01,
+        "l2sp_eps": 1e-5,
         "seed": 0,
         "epoch_stats_file": None,
         "run_name": "test",

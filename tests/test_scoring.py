@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from float32_bounds import gamma
 
-from data_prep.voxceleb import TrialListError
+from speechbrain_ext.dataio.lists import TrialListError
 from speechbrain_ext.verification.scoring import (
     MissingFilesError,
     Trials,

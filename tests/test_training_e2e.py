@@ -16,6 +16,7 @@ import torch
 from float32_bounds import U, gamma
 
 import train
+from speechbrain_ext.dataio.lists import TrainListError, read_train_list
 from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
 from speechbrain_ext.utils.io_utils import safe_torch_load
 
@@ -442,8 +443,8 @@ def test_ddp_with_layer_drop_runs(inputs, tmp_path):
 def test_bad_train_lists_fail_with_one_clear_line(tmp_path, lines, message):
     (tmp_path / "a.wav").write_bytes(b"")
     (tmp_path / "pl.txt").write_text(lines)
-    with pytest.raises(train.TrainListError) as error:
-        train.read_train_list(str(tmp_path / "pl.txt"), str(tmp_path), 8)
+    with pytest.raises(TrainListError) as error:
+        read_train_list(str(tmp_path / "pl.txt"), str(tmp_path), 8)
     assert message in str(error.value)
     assert "pl.txt" in str(error.value)
 

@@ -20,18 +20,18 @@ The files come from the CSVs of :mod:`data_prep.augmentation` (MUSAN
 """
 
 import csv
-import logging
 import os
 
 import soundfile
 import torch
 from speechbrain.augment.time_domain import AddNoise
 from speechbrain.processing.signal_processing import reverberate
+from speechbrain.utils.logger import get_logger
 from torch import nn
 
 from speechbrain_ext.dataio.audio import read_audio, wrap_pad
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CHOICES = ("none", "reverb", "music", "babble", "noise", "babble_music")
 

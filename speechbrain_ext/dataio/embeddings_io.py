@@ -23,12 +23,12 @@ Example
 """
 
 import json
-import logging
 import os
 import posixpath
 
 import numpy as np
 import torch
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.utils.io_utils import (
     CorruptFileError,
@@ -38,7 +38,7 @@ from speechbrain_ext.utils.io_utils import (
     safe_torch_load,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CACHE_VERSION = 1
 

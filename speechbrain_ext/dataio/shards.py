@@ -26,7 +26,6 @@ Example
 """
 
 import heapq
-import logging
 import os
 import time
 
@@ -37,6 +36,7 @@ from speechbrain.utils.distributed import (
     if_main_process,
     run_on_main,
 )
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.utils.io_utils import (
     CorruptFileError,
@@ -44,7 +44,7 @@ from speechbrain_ext.utils.io_utils import (
     safe_torch_load,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Fewest shards :func:`run_sharded` cuts a list into (when it has as many
 #: items), so that up to this many processes (8 nodes of 8 GPUs) all get
@@ -239,14 +239,20 @@ def load_shard(path, keys, fingerprint):
     try:
         shard = safe_torch_load(path)
     except CorruptFileError as error:
-        logger.warning("recomputing a corrupt shard: %s", error)
+        logger.warning(
+            "recomputing a corrupt shard: %s", error, main_process_only=False
+        )
         return None
     if (
         not isinstance(shard, dict)
         or shard.get("keys") != keys
         or shard.get("fingerprint") != fingerprint
     ):
-        logger.warning("%s: other files or settings, recomputing it", path)
+        logger.warning(
+            "%s: other files or settings, recomputing it",
+            path,
+            main_process_only=False,
+        )
         return None
     return {name: array.numpy() for name, array in shard["arrays"].items()}
 
@@ -418,6 +424,7 @@ def _work_on(
             shard_costs[index] / sample_rate / 3600,
             finished / sample_rate / max(elapsed, 1e-9),
             elapsed * (total - finished) / max(finished, 1),
+            main_process_only=False,
         )
 
 

@@ -184,6 +184,67 @@ class DINONetwork(torch.nn.Module):
         return embeddings, self.head(embeddings)
 
 
+class WaveformEmbedder(torch.nn.Module):
+    """A DINO network's backbone as ``model(wavs, wav_lens) -> [B, 1, D]``.
+
+    Features, their per-utterance normalisation and the backbone, the way
+    stage 1 embeds: the interface of the recipe's embedding models, so the
+    library's batched extraction (:mod:`speechbrain_ext.verification.
+    extraction`) embeds with it.
+
+    Arguments
+    ---------
+    compute_features : torch.nn.Module
+        ``wavs [B, S] -> [B, T, F]`` (e.g. SpeechBrain's ``Fbank``).
+    mean_var_norm : torch.nn.Module
+        ``(feats, lengths) -> feats`` (e.g. ``InputNormalization``).
+    network : DINONetwork
+        Its backbone embeds (the head is not used).
+
+    Example
+    -------
+    >>> from speechbrain.lobes.features import Fbank
+    >>> from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+    >>> from speechbrain.processing.features import InputNormalization
+    >>> backbone = ECAPA_TDNN(20, channels=[16, 16, 16, 16, 48],
+    ...                       attention_channels=8, se_channels=8,
+    ...                       lin_neurons=12)
+    >>> model = WaveformEmbedder(
+    ...     Fbank(n_mels=20),
+    ...     InputNormalization(norm_type="sentence", std_norm=False),
+    ...     DINONetwork(backbone, DINOHead(12, 32, 8, 64)),
+    ... ).eval()
+    >>> model(torch.randn(2, 16000), torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 1, 12])
+    """
+
+    def __init__(self, compute_features, mean_var_norm, network):
+        super().__init__()
+        self.compute_features = compute_features
+        self.mean_var_norm = mean_var_norm
+        self.network = network
+
+    def forward(self, wavs, wav_lens=None):
+        """Embed a padded batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, S]``, 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[B]`` relative lengths in (0, 1]; None: all full.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, 1, D]``.
+        """
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+        feats = self.mean_var_norm(self.compute_features(wavs), wav_lens)
+        return self.network.embed(feats, wav_lens).unsqueeze(1)
+
+
 def make_teacher(student):
     """A frozen copy of the student, to be updated only by :func:`ema_update`.
 

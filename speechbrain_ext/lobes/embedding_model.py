@@ -71,22 +71,23 @@ class WavLMMHFA(nn.Module):
             torch.is_grad_enabled() and not self.freeze_transformer
         ):
             hidden = self.wavlm(wavs, wav_lens)
-        frame_lens = self.wavlm.relative_frame_lengths(wav_lens, wavs.shape[-1])
-        return self.forward_hidden(hidden, frame_lens)
+        frames = self.wavlm.valid_frames(wav_lens, wavs.shape[-1])
+        return self.forward_hidden(hidden, frames)
 
-    def forward_hidden(self, hidden, frame_lens=None):
+    def forward_hidden(self, hidden, frames=None):
         """Run only the back-end on precomputed hidden states.
 
         Arguments
         ---------
         hidden : torch.Tensor
             ``[L + 1, batch, frames, dim]`` from WavLM.
-        frame_lens : torch.Tensor, optional
-            Relative frame lengths ``[batch]``.
+        frames : torch.LongTensor, optional
+            Valid frames of each utterance ``[batch]`` (from
+            ``wavlm.valid_frames``); None: all.
 
         Returns
         -------
         torch.Tensor
             ``[batch, 1, output_size]``.
         """
-        return self.mhfa(hidden, frame_lens).unsqueeze(1)
+        return self.mhfa(hidden, frames).unsqueeze(1)

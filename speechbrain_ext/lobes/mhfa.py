@@ -35,7 +35,7 @@ class MHFA(nn.Module):
     >>> mhfa = MHFA(n_layers=3, input_size=16, n_heads=4,
     ...             compression_size=8, output_size=10)
     >>> hidden = torch.randn(3, 2, 50, 16)
-    >>> mhfa(hidden, lengths=torch.tensor([1.0, 0.6])).shape
+    >>> mhfa(hidden, frames=torch.tensor([50, 30])).shape
     torch.Size([2, 10])
     """
 
@@ -56,17 +56,17 @@ class MHFA(nn.Module):
         self.att_head = nn.Linear(compression_size, n_heads)
         self.pooling_fc = nn.Linear(n_heads * compression_size, output_size)
 
-    def forward(self, hidden, lengths=None):
+    def forward(self, hidden, frames=None):
         """Pool the hidden states into one embedding per utterance.
 
         Arguments
         ---------
         hidden : torch.Tensor
             ``[n_layers, batch, frames, input_size]``.
-        lengths : torch.Tensor, optional
-            Relative lengths ``[batch]`` in (0, 1] (SpeechBrain's
-            convention); frames past ``round(length * frames)`` are masked
-            out of the attention softmax.
+        frames : torch.LongTensor, optional
+            Valid frames of each utterance ``[batch]`` (the encoder's own
+            count, e.g. ``WavLM.valid_frames``); later frames are masked
+            out of the attention softmax. None: all frames are valid.
 
         Returns
         -------
@@ -87,12 +87,10 @@ class MHFA(nn.Module):
         keys = self.cmp_linear_k(keys)
         values = self.cmp_linear_v(values)
         logits = self.att_head(keys)
-        if lengths is not None:
-            frames = logits.shape[1]
-            valid = torch.round(lengths * frames).long().clamp(min=1)
-            padded = torch.arange(frames, device=logits.device)[None, :] >= (
-                valid[:, None].to(logits.device)
-            )
+        if frames is not None:
+            valid = frames.long().clamp(min=1).to(logits.device)
+            positions = torch.arange(logits.shape[1], device=logits.device)
+            padded = positions[None, :] >= valid[:, None]
             logits = logits.masked_fill(
                 padded[:, :, None], torch.finfo(logits.dtype).min
             )

@@ -37,7 +37,6 @@ crossing (the reference accepts any fit with exactly one crossing and
 stops otherwise).
 """
 
-import logging
 import math
 import os
 
@@ -49,10 +48,11 @@ from speechbrain.utils.checkpoints import (
     mark_as_saver,
     register_checkpoint_hooks,
 )
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.utils.io_utils import atomic_path, safe_torch_load
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class DegenerateFitError(ValueError):

@@ -15,14 +15,14 @@ the model it built as a ``!new:`` composition
 load instead of repeating these values.
 """
 
-import logging
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA, load_dino_backbone
 from speechbrain_ext.lobes.embedding_model import WavLMMHFA
 from speechbrain_ext.lobes.mhfa import MHFA
 from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, load_wavlm
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 PRESETS = ("tiny", "base", "base_plus", "large")
 ENCODERS = ("wavlm", "ecapa")

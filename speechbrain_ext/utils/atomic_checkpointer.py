@@ -27,7 +27,6 @@ Example
 1
 """
 
-import logging
 import os
 import pickle
 import shutil
@@ -35,6 +34,7 @@ import shutil
 import torch
 from speechbrain.utils.checkpoints import METAFNAME, Checkpointer
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.utils.finite import check_recoverables
 from speechbrain_ext.utils.io_utils import (
@@ -44,7 +44,7 @@ from speechbrain_ext.utils.io_utils import (
     safe_torch_load,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 PENDING_SUFFIX = ".pending"
 

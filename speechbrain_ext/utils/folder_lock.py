@@ -21,14 +21,15 @@ another output folder
 """
 
 import fcntl
-import logging
 import os
 import sys
 import time
 
+from speechbrain.utils.logger import get_logger
+
 from speechbrain_ext.utils.io_utils import process_alive
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 LOCK_NAME = ".lock"
 

@@ -44,7 +44,6 @@ Example
 1.0
 """
 
-import logging
 import math
 import time
 
@@ -55,8 +54,9 @@ import torch
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Below this many flop per exact assignment pass, "auto" uses exact Lloyd.
 EXACT_FLOP_LIMIT = 2e11

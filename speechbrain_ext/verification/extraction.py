@@ -14,7 +14,6 @@ Example
 """
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ import time
 import numpy as np
 import torch
 from speechbrain.utils.distributed import ddp_broadcast, if_main_process
+from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from speechbrain_ext.dataio.audio import (
@@ -39,7 +39,7 @@ from speechbrain_ext.utils.io_utils import (
     safe_torch_load,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Samples per second of every audio file the recipe reads.
 SAMPLE_RATE = 16000
@@ -436,59 +436,6 @@ def embed_in_shards(
         SAMPLE_RATE,
     )
     return None if arrays is None else arrays["full"]
-
-
-class UtteranceListError(ValueError):
-    """Raised for a malformed utterance list (names the file and line)."""
-
-
-def read_utterance_list(path):
-    """Relative paths of a ``SPEAKER RELPATH`` / ``LABEL RELPATH`` list.
-
-    A line may also hold the path alone; the path is the last field.
-    Duplicates are refused.
-
-    Arguments
-    ---------
-    path : str
-        The list.
-
-    Returns
-    -------
-    list of str
-        Normalised relative paths, in list order.
-
-    Example
-    -------
-    >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "list.txt")
-    >>> _ = open(path, "w").write("id0/v/1.wav\\n3 ./id0/v/2.wav\\n")
-    >>> read_utterance_list(path)
-    ['id0/v/1.wav', 'id0/v/2.wav']
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: utterance list not found")
-    keys, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) > 2:
-                raise UtteranceListError(
-                    f"{path}:{number}: expected 'SPEAKER RELPATH' or "
-                    f"'RELPATH', found {len(fields)} fields"
-                )
-            key = normalise_key(fields[-1])
-            if key in seen:
-                raise UtteranceListError(
-                    f"{path}:{number}: {key} already listed on line {seen[key]}"
-                )
-            seen[key] = number
-            keys.append(key)
-    if not keys:
-        raise UtteranceListError(f"{path}: no utterances")
-    return keys
 
 
 def find_wavs(folder):

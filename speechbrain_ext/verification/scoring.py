@@ -31,7 +31,7 @@ import os
 import numpy as np
 import torch
 
-from data_prep import voxceleb
+from speechbrain_ext.dataio import lists
 from speechbrain_ext.utils.io_utils import atomic_open
 
 METHODS = ("reference", "cosine")
@@ -100,8 +100,9 @@ class Trials:
 def read_trials(path):
     """Read a trial list of ``LABEL ENROL TEST`` lines (veri_test2 format).
 
-    Parsing and its checks are :func:`data_prep.voxceleb.read_trials`'s
-    (the one trial-list parser of the recipe); this returns them as arrays.
+    Parsing and its checks are those of
+    :func:`speechbrain_ext.dataio.lists.read_trials` (the one trial-list
+    parser of the recipe); this returns them as arrays.
 
     Arguments
     ---------
@@ -117,7 +118,7 @@ def read_trials(path):
     ------
     FileNotFoundError
         If the list does not exist.
-    data_prep.voxceleb.TrialListError
+    speechbrain_ext.dataio.lists.TrialListError
         One line naming the file and line: wrong column count, bad label or
         path, or no trials.
 
@@ -134,7 +135,7 @@ def read_trials(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: trial list not found")
-    rows = voxceleb.read_trials(path)
+    rows = lists.read_trials(path)
     labels = np.array([label for label, _, _ in rows], dtype=np.int8)
     enrol = [e for _, e, _ in rows]
     test = [t for _, _, t in rows]

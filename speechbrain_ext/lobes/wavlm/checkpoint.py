@@ -12,8 +12,9 @@ Example
 """
 
 import json
-import logging
 import os
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.lobes.wavlm.config import WavLMCheckpointError, WavLMConfig
 from speechbrain_ext.lobes.wavlm.model import WavLM
@@ -28,7 +29,7 @@ from speechbrain_ext.utils.io_utils import (
     safe_torch_load,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def _load_hf_folder(folder):

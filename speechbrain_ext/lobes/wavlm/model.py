@@ -31,12 +31,12 @@ torch.Size([3, 2, 49, 64])
 tensor([49, 29])
 """
 
-import logging
 import math
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.logger import get_logger
 from torch import nn
 
 from speechbrain_ext.lobes.wavlm.config import (
@@ -49,7 +49,7 @@ from speechbrain_ext.lobes.wavlm.state_dict import (
     is_pretraining_key,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class _ChannelLayerNorm(nn.Sequential):
@@ -675,8 +675,12 @@ class WavLM(nn.Module):
         lengths = torch.round(wav_lens.double() * num_samples).long()
         return lengths.clamp(max=num_samples)
 
-    def relative_frame_lengths(self, wav_lens, num_samples):
-        """Relative frame lengths (for pooling) of a padded batch.
+    def valid_frames(self, wav_lens, num_samples):
+        """Valid output frames of each utterance of a padded batch.
+
+        The one conversion of SpeechBrain's relative lengths into the frame
+        counts that the back-end masks with (the same as :meth:`forward`
+        masks attention with).
 
         Arguments
         ---------
@@ -687,19 +691,18 @@ class WavLM(nn.Module):
 
         Returns
         -------
-        torch.Tensor or None
-            [B] valid frames divided by the output length T.
+        torch.LongTensor or None
+            [B] frames (of the T output frames).
 
         Example
         -------
         >>> model = WavLM(WavLMConfig.tiny())
-        >>> model.relative_frame_lengths(torch.tensor([1.0, 0.5]), 16000)
-        tensor([1.0000, 0.4898])
+        >>> model.valid_frames(torch.tensor([1.0, 0.5]), 16000)
+        tensor([49, 24])
         """
         if wav_lens is None:
             return None
-        frames = self.frame_lengths(self.sample_lengths(wav_lens, num_samples))
-        return frames.float() / self.frame_lengths(num_samples)
+        return self.frame_lengths(self.sample_lengths(wav_lens, num_samples))
 
     def forward(self, wavs, wav_lens=None):
         """All hidden states of a batch of waveforms.
