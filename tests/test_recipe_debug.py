@@ -25,13 +25,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from speechbrain.utils.checkpoints import Checkpointer
+from tiny_models import save_training_checkpoint, tiny_wavlm_mhfa
 
 from data_prep.synthetic import TINY_SIZES, generate_corpus
 from speechbrain_ext.dataio.embeddings_io import save_embeddings
 from speechbrain_ext.lobes.classifier import CosineClassifier
 from speechbrain_ext.lobes.wavlm import WavLM, WavLMConfig, save_wavlm
-from speechbrain_ext.pretrained.checkpoints import build_architecture
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE_CSV = ROOT / "tests" / "recipes" / "WavLM_SSL_SV.csv"
@@ -69,12 +68,12 @@ def samples():
         (keys, rng.normal(size=(len(keys), 16)).astype("float32")),
         SAMPLES / "embeddings.pt",
     )
-    model = {
-        "embedding_model": build_architecture("tiny", 4, 8, 16),
-        "classifier": CosineClassifier(16, len(speakers)),
-    }
     shutil.rmtree(SAMPLES / "model", ignore_errors=True)
-    Checkpointer(SAMPLES / "model" / "save", model).save_checkpoint()
+    save_training_checkpoint(
+        SAMPLES / "model" / "save",
+        tiny_wavlm_mhfa(),
+        classifier=CosineClassifier(16, len(speakers)),
+    )
     return SAMPLES
 
 
