@@ -8,7 +8,9 @@ reference protocol, and scores every trial by each method of
 cosine, and AS-norm of each when a cohort is given). Writes score files, a
 ``metrics.json`` (EER in percent, normalised minDCF at P_target 0.05 and
 0.01, per method; the top-level keys are those of the first method) and a
-DET curve. Embeddings are cached per file, so re-scoring is fast.
+DET curve. Embeddings are cached per file, keyed on the model's weights and
+architecture (a checkpoint and its exported folder share them), so
+re-scoring is fast.
 
 Several GPUs or nodes: start it with ``torchrun``; the files to embed are
 shared out in resumable shards (as in ``extract_embeddings.py``) and the
@@ -37,17 +39,17 @@ from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
 )
-from speechbrain_ext.pretrained.checkpoints import (
-    load_embedding_model,
-    weights_fingerprint,
-)
-from speechbrain_ext.pretrained.export import embedding_size
+from speechbrain_ext.pretrained.checkpoints import load_embedding_model
+from speechbrain_ext.pretrained.export import embedding_size, model_yaml
 from speechbrain_ext.utils.io_utils import atomic_open
 from speechbrain_ext.utils.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
 )
-from speechbrain_ext.verification.extraction import evaluation_embeddings
+from speechbrain_ext.verification.extraction import (
+    evaluation_embeddings,
+    model_digest,
+)
 from speechbrain_ext.verification.metrics import (
     TrialLabelError,
     plot_det,
@@ -151,7 +153,7 @@ def evaluate(hparams, device, progress=True):
         files,
         hparams["data_folder"],
         hparams["embeddings_cache"],
-        weights_fingerprint(origin),
+        model_digest(model, model_yaml(model)),
         n_crops=hparams["n_crops"],
         crop_samples=hparams["crop_samples"],
         max_samples=hparams["max_samples"],

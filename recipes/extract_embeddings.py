@@ -33,10 +33,8 @@ import sys
 from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_ext.dataio.embeddings_io import save_embeddings
-from speechbrain_ext.pretrained.checkpoints import (
-    load_embedding_model,
-    weights_fingerprint,
-)
+from speechbrain_ext.pretrained.checkpoints import load_embedding_model
+from speechbrain_ext.pretrained.export import model_yaml
 from speechbrain_ext.utils.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
@@ -45,6 +43,7 @@ from speechbrain_ext.verification.extraction import (
     UtteranceListError,
     embed_in_shards,
     find_wavs,
+    model_digest,
     read_utterance_list,
 )
 from speechbrain_ext.verification.scoring import check_files_exist
@@ -112,7 +111,9 @@ def extract(hparams, device, progress=True):
         keys,
         shard_folder,
         shard_seconds=hparams["shard_seconds"],
-        fingerprint=f"{weights_fingerprint(origin)}:{hparams['max_samples']}",
+        fingerprint=(
+            f"{model_digest(model, model_yaml(model))}:{hparams['max_samples']}"
+        ),
         max_samples=hparams["max_samples"],
         max_batch_size=hparams["max_batch_size"],
         max_batch_samples=hparams["max_batch_samples"],

@@ -314,22 +314,3 @@ def build_architecture(
     config = wavlm_config(preset, **(wavlm_overrides or {}))
     mhfa = mhfa_for(config, n_heads, compression_size, output_size)
     return WavLMMHFA(WavLM(config), mhfa)
-
-
-def weights_fingerprint(folder, name="embedding_model"):
-    """Identify the weights file ``folder/<name>.ckpt`` (path, size, mtime).
-
-    Arguments
-    ---------
-    folder : str
-        The checkpoint or exported folder.
-    name : str
-        The recoverable's name.
-
-    Returns
-    -------
-    str
-    """
-    path = os.path.abspath(os.path.join(folder, f"{name}.ckpt"))
-    stat = os.stat(path)
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -13,6 +13,7 @@ Example
 [[1, 3], [2, 0]]
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +44,46 @@ logger = logging.getLogger(__name__)
 
 #: Samples per second of every audio file the recipe reads.
 SAMPLE_RATE = 16000
+
+
+def model_digest(model, architecture=""):
+    """A SHA-256 of a model's weights and architecture: the cache key.
+
+    Two models with equal tensors (names, dtypes, shapes, values) and the
+    same ``architecture`` text embed alike, wherever their weights were
+    loaded from: a training checkpoint and its exported folder share one
+    digest, so their cached embeddings are shared too.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The embedding model.
+    architecture : str
+        What else decides its outputs (e.g. the exported ``hyperparams.yaml``
+        text of :func:`speechbrain_ext.pretrained.export.model_yaml`).
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Example
+    -------
+    >>> a, b = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> model_digest(a) == model_digest(b)
+    True
+    >>> model_digest(a) == model_digest(a, "another architecture")
+    False
+    """
+    digest = hashlib.sha256(architecture.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(
+            f"\n{name} {tensor.dtype} {list(tensor.shape)}\n".encode()
+        )
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def resolve_batch_size(value, device, gpu_value):
@@ -554,7 +595,8 @@ def evaluation_embeddings(
     cache_path : str
         The cache file.
     fingerprint : str
-        Identifies the model weights.
+        Identifies the model: its weights and architecture
+        (:func:`model_digest`), not where they were loaded from.
     n_crops, crop_samples : int
         Evenly spaced crops per file and their length.
     max_samples : int or None
