@@ -22,16 +22,25 @@ import dataclasses
 import json
 import os
 
+from speechbrain.utils.logger import get_logger
+
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
 from speechbrain_ext.utils.io_utils import atomic_open, atomic_torch_save
 from speechbrain_ext.verification.extraction import embed_full_utterances
-from speechbrain_ext.verification.metrics import eer, split_scores
+from speechbrain_ext.verification.metrics import (
+    collapse_warning,
+    eer,
+    score_spread,
+    split_scores,
+)
 from speechbrain_ext.verification.scoring import (
     check_files_exist,
     file_vectors,
     read_trials,
     score_trials,
 )
+
+logger = get_logger(__name__)
 
 DEFAULT_THRESHOLD = 0.25
 
@@ -316,6 +325,9 @@ def calibrate_threshold(model, trials, data_folder, **kwargs):
 
     Scores are what ``verify_batch`` computes: the cosine of full-utterance
     embeddings; ``score > threshold`` accepts, as SpeechBrain decides.
+    Nearly collapsed scores (see
+    :func:`speechbrain_ext.verification.metrics.collapse_warning`) are
+    reported with a WARNING giving their range.
 
     Arguments
     ---------
@@ -334,6 +346,9 @@ def calibrate_threshold(model, trials, data_folder, **kwargs):
     threshold : float
     eer_percent : float
         The EER on the list at that threshold.
+    spread : dict
+        The range of the scores
+        (:func:`speechbrain_ext.verification.metrics.score_spread`).
     """
     check_files_exist(trials.files, data_folder, trials.path)
     files = trials.files
@@ -344,7 +359,10 @@ def calibrate_threshold(model, trials, data_folder, **kwargs):
     scores = score_trials(file_vectors("cosine", full), enrol, test)
     positive, negative = split_scores(scores, trials.labels, trials.path)
     value, threshold = eer(positive, negative)
-    return threshold, 100 * value
+    warning = collapse_warning(scores, trials.path)
+    if warning:
+        logger.warning("%s; calibrated threshold %.6f", warning, threshold)
+    return threshold, 100 * value, score_spread(scores)
 
 
 def calibrate_on_dev_trials(
@@ -372,8 +390,9 @@ def calibrate_on_dev_trials(
     -------
     threshold : float
     info : dict
-        ``threshold_origin``, ``dev_trials`` and ``dev_EER_percent``, for
-        the ``info`` of :func:`export_model`.
+        ``threshold_origin``, ``dev_trials``, ``dev_EER_percent`` and
+        ``dev_score_range`` (lowest and highest score), for the ``info`` of
+        :func:`export_model`.
 
     Example
     -------
@@ -392,10 +411,12 @@ def calibrate_on_dev_trials(
     >>> threshold, info = calibrate_on_dev_trials(
     ...     model, os.path.join(folder, "trials.txt"), folder, progress=False)
     >>> info["threshold_origin"].startswith("EER point"), sorted(info)
-    (True, ['dev_EER_percent', 'dev_trials', 'threshold_origin'])
+    ... # doctest: +NORMALIZE_WHITESPACE
+    (True, ['dev_EER_percent', 'dev_score_range', 'dev_trials',
+            'threshold_origin'])
     """
     trials = read_trials(trials_file)
-    threshold, dev_eer = calibrate_threshold(
+    threshold, dev_eer, spread = calibrate_threshold(
         model.to(device), trials, data_folder, device=device, **kwargs
     )
     model.cpu()
@@ -407,5 +428,6 @@ def calibrate_on_dev_trials(
         ),
         "dev_trials": path,
         "dev_EER_percent": dev_eer,
+        "dev_score_range": [spread["min"], spread["max"]],
     }
     return threshold, info
