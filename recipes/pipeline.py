@@ -57,6 +57,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -73,6 +74,7 @@ from speechbrain_ext.utils.io_utils import (
     remove_stale_temporaries,
     round_floats,
 )
+from speechbrain_ext.utils.stage_output import StageOutput
 from speechbrain_ext.utils.stage_utils import load_stage_hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,6 +123,9 @@ EPOCH_KEYS = (
 #: Seconds between saves of a running stage's wall time.
 ATTEMPT_RECORD_S = 30
 
+#: Seconds to wait for the rest of a stage's output once it has ended.
+OUTPUT_DRAIN_S = 30
+
 
 class StageError(RuntimeError):
     """A stage command failed; the message names the stage and its log."""
@@ -160,13 +165,17 @@ class StageRunner:
     output_folder : str
         The experiment folder; markers go to ``stages/``, logs to ``logs/``.
     env : dict, optional
-        Environment of the commands (default: this process's).
+        Environment of the commands (default: this process's), always with
+        unbuffered Python output (progress reaches the console at once).
+    console : file, optional
+        Where each stage's output is shown as it runs (default: standard
+        output; see :class:`speechbrain_ext.utils.stage_output.StageOutput`).
 
     Example
     -------
-    >>> import tempfile
+    >>> import io, tempfile
     >>> out = tempfile.mkdtemp()
-    >>> runner = StageRunner(out)
+    >>> runner = StageRunner(out, console=io.StringIO())
     >>> stage = Stage("hello", [sys.executable, "-c", "print(1)"],
     ...               os.path.join(out, "hello"))
     >>> runner.run(stage), runner.run(stage)
@@ -175,11 +184,13 @@ class StageRunner:
     True
     """
 
-    def __init__(self, output_folder, env=None):
+    def __init__(self, output_folder, env=None, console=None):
         self.output_folder = output_folder
         self.marker_folder = os.path.join(output_folder, "stages")
         self.log_folder = os.path.join(output_folder, "logs")
-        self.env = env
+        self.env = dict(os.environ if env is None else env)
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.console = console
 
     def marker(self, name):
         """Path of a stage's completion marker."""
@@ -223,7 +234,10 @@ class StageRunner:
         """Run a stage unless it is done; record its marker.
 
         The command's output goes to ``logs/<name>.log`` (appended across
-        attempts). Time spent in failed or interrupted attempts is added to
+        attempts, progress bars reduced to their final state) and to the
+        console (bars moving on a terminal, else a progress line every
+        :data:`~speechbrain_ext.utils.stage_output.PROGRESS_LINE_S`
+        seconds). Time spent in failed or interrupted attempts is added to
         the wall time of the one that completes. A stage started before
         (and not completed) is announced as ``running (resuming)``. The
         command ends with this process: on Linux it is sent SIGTERM when
@@ -265,17 +279,25 @@ class StageRunner:
                 json.dump({"wall_s": earlier + time.perf_counter() - start}, f)
 
         record_attempt()
+        console = self.console or sys.stdout
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(stage.command)}\n")
             log.flush()
+            output = StageOutput(log, console, live=console.isatty())
             process = subprocess.Popen(
                 stage.command,
-                stdout=log,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 env=self.env,
                 preexec_fn=end_with_parent,
             )
+            copier = threading.Thread(
+                target=output.copy_from,
+                args=(process.stdout.fileno(),),
+                daemon=True,
+            )
+            copier.start()
             try:
                 while True:
                     try:
@@ -287,6 +309,11 @@ class StageRunner:
                 if process.poll() is None:  # interrupted: end the stage too
                     process.terminate()
                     process.wait()
+                # A process the stage left behind may hold the pipe open.
+                copier.join(timeout=OUTPUT_DRAIN_S)
+                if not copier.is_alive():
+                    process.stdout.close()
+                    output.close()
         wall = earlier + time.perf_counter() - start
         if returncode != 0:
             record_attempt()

@@ -581,3 +581,30 @@ def test_demo_generates_the_corpus_only_when_pointed_at_it(
         )
     pipeline.prepare_synthetic_corpus(demo)
     assert calls == [os.path.abspath(tmp_path / "d" / "corpus")]
+
+
+def test_runner_shows_progress_and_logs_plain_lines(tmp_path):
+    import io
+
+    # A stage with a real tqdm bar (on stderr) and a log line (stdout).
+    code = (
+        "import time\n"
+        "from tqdm import tqdm\n"
+        "print('starting', flush=True)\n"
+        "for _ in tqdm(range(5), mininterval=0):\n"
+        "    time.sleep(0.01)\n"
+        "print('done')\n"
+    )
+    console = io.StringIO()
+    runner = pipeline.StageRunner(str(tmp_path / "out"), console=console)
+    stage = python_stage(tmp_path, "bar", code)
+    runner.run(stage)
+    log = (tmp_path / "out" / "logs" / "bar.log").read_text()
+    command = f"$ {' '.join(stage.command)}\n"
+    assert log.startswith(command)
+    lines = log[len(command) :].splitlines()
+    assert lines[0] == "starting" and lines[-1] == "done"
+    assert lines[1].startswith("100%|") and "5/5" in lines[1]
+    assert len(lines) == 3 and "\r" not in log
+    # The console (not a terminal here) gets the same lines.
+    assert console.getvalue().splitlines() == lines
