@@ -82,6 +82,8 @@ def test_folder_content_and_calibrated_threshold(
     assert info["dev_trials"] == os.path.abspath(tiny_corpus["dev_trials"])
     low, high = info["dev_score_range"]
     assert low <= stored["threshold"] <= high
+    for number in (info["dev_EER_percent"], low, high):
+        assert float(f"{number:.8g}") == number  # no 38.800000000000004
     assert (
         "SpeakerRecognition.from_hparams"
         in open(os.path.join(exported, "README.md")).read()

@@ -71,4 +71,5 @@ def test_a_terminal_gets_the_output_as_it_comes():
 def test_final_state_of_cleared_and_blank_lines():
     assert final_state("") == ""
     assert final_state("\r   \r") == ""
-    assert final_state("text\r    \r") == "text"
+    assert final_state("text\r    \r") == ""
+    assert final_state("long text\rnew") == "newg text"  # as a terminal

@@ -25,7 +25,11 @@ import os
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
-from speechbrain_ext.utils.io_utils import atomic_open, atomic_torch_save
+from speechbrain_ext.utils.io_utils import (
+    atomic_open,
+    atomic_torch_save,
+    round_floats,
+)
 from speechbrain_ext.verification.extraction import embed_full_utterances
 from speechbrain_ext.verification.metrics import (
     collapse_warning,
@@ -427,7 +431,9 @@ def calibrate_on_dev_trials(
             f"({len(trials.labels)} trials, EER {dev_eer:.2f}%)"
         ),
         "dev_trials": path,
-        "dev_EER_percent": dev_eer,
-        "dev_score_range": [spread["min"], spread["max"]],
+        # Rounded for reading (100 * 0.388 = 38.800000000000004); the
+        # threshold itself is stored exactly.
+        "dev_EER_percent": round_floats(dev_eer),
+        "dev_score_range": round_floats([spread["min"], spread["max"]]),
     }
     return threshold, info

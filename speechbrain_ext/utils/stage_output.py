@@ -16,7 +16,7 @@ Example
 >>> import io
 >>> log, console = io.StringIO(), io.StringIO()
 >>> output = StageOutput(log, console, live=False)
->>> output.feed("loading\\n\\r 50%|#  | 1/2\\r100%|##| 2/2\\n")
+>>> output.feed("loading\\n\\r 50%|# | 1/2\\r100%|##| 2/2\\n")
 >>> output.close()
 >>> log.getvalue()
 'loading\\n100%|##| 2/2\\n'
@@ -35,7 +35,11 @@ PROGRESS_LINE_S = 30.0
 
 
 def final_state(line):
-    """What a terminal would show of a line redrawn with ``\\r``.
+    """What a terminal shows of a line redrawn with ``\\r``.
+
+    Each carriage return goes back to the start of the line and the text
+    after it overwrites what was there (progress bars clear themselves by
+    writing spaces).
 
     Arguments
     ---------
@@ -45,18 +49,21 @@ def final_state(line):
     Returns
     -------
     str
-        Its last non-blank ``\\r``-separated part, without escape codes.
+        The line as shown, without escape codes and trailing blanks.
 
     Example
     -------
-    >>> final_state("\\r 10%|#|\\r\\x1b[32m100%|##|\\x1b[0m\\r    \\r")
+    >>> final_state("\\r 10%|#|\\r\\x1b[32m100%|##|\\x1b[0m")
     '100%|##|'
+    >>> final_state("\\r 50%|#|\\r        \\rloss 3.2")
+    'loss 3.2'
+    >>> final_state("\\r 50%|#|\\r        \\r")
+    ''
     """
-    parts = [ANSI_ESCAPE.sub("", part) for part in line.split("\r")]
-    for part in reversed(parts):
-        if part.strip():
-            return part.rstrip()
-    return ""
+    shown = ""
+    for part in ANSI_ESCAPE.sub("", line).split("\r"):
+        shown = part + shown[len(part) :]
+    return shown.rstrip()
 
 
 class StageOutput:

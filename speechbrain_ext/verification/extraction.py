@@ -240,8 +240,21 @@ def audio_lengths(paths, max_samples=None, min_samples=WAVLM_MIN_SAMPLES):
     return lengths
 
 
-def _run(model, dataset, n_items, device, num_workers, progress, description):
-    """Embed every batch of ``dataset``; return ``(indices, embeddings)``."""
+def _run(
+    model,
+    dataset,
+    n_items,
+    device,
+    num_workers,
+    progress,
+    description,
+    log_summary=True,
+):
+    """Embed every batch of ``dataset``; return ``(indices, embeddings)``.
+
+    The bar disappears when done (the log keeps the throughput line, when
+    ``log_summary``).
+    """
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
@@ -252,7 +265,11 @@ def _run(model, dataset, n_items, device, num_workers, progress, description):
     all_indices, all_embeddings = [], []
     start = time.perf_counter()
     bar = tqdm(
-        total=n_items, desc=description, unit="utt", disable=not progress
+        total=n_items,
+        desc=description,
+        unit="utt",
+        disable=not progress,
+        leave=False,
     )
     model.eval()
     with torch.inference_mode(), bar:
@@ -264,13 +281,14 @@ def _run(model, dataset, n_items, device, num_workers, progress, description):
             all_embeddings.append(embeddings.float().cpu())
             bar.update(len(indices))
     elapsed = time.perf_counter() - start
-    logger.info(
-        "%s: %d utterances in %.1f s (%.1f utt/s)",
-        description,
-        n_items,
-        elapsed,
-        n_items / max(elapsed, 1e-9),
-    )
+    if log_summary:
+        logger.info(
+            "%s: %d utterances in %.1f s (%.1f utt/s)",
+            description,
+            n_items,
+            elapsed,
+            n_items / max(elapsed, 1e-9),
+        )
     return torch.cat(all_indices), torch.cat(all_embeddings)
 
 
@@ -284,6 +302,7 @@ def embed_full_utterances(
     num_workers=0,
     progress=True,
     lengths=None,
+    log_summary=True,
 ):
     """One embedding per file from the whole (capped) utterance, batched.
 
@@ -309,6 +328,8 @@ def embed_full_utterances(
         Show a progress bar (utterances/s).
     lengths : sequence of int, optional
         Known lengths (samples, capped); read from the headers otherwise.
+    log_summary : bool
+        Log the throughput line (off inside shards: their own line says it).
 
     Returns
     -------
@@ -337,7 +358,14 @@ def embed_full_utterances(
     batches = length_batches(lengths, max_batch_size, max_batch_samples)
     dataset = _FullUtterances(list(paths), batches, max_samples)
     indices, embeddings = _run(
-        model, dataset, len(paths), device, num_workers, progress, "full"
+        model,
+        dataset,
+        len(paths),
+        device,
+        num_workers,
+        progress,
+        "full",
+        log_summary,
     )
     result = torch.empty_like(embeddings)
     result[indices] = embeddings
@@ -353,6 +381,7 @@ def embed_crops(
     device="cpu",
     num_workers=0,
     progress=True,
+    log_summary=True,
 ):
     """``n_crops`` evenly spaced crop embeddings per file, batched.
 
@@ -377,6 +406,8 @@ def embed_crops(
         ``DataLoader`` workers reading audio.
     progress : bool
         Show a progress bar.
+    log_summary : bool
+        Log the throughput line (off inside shards: their own line says it).
 
     Returns
     -------
@@ -395,7 +426,14 @@ def embed_crops(
     dataset = _Crops(list(paths), batches, crop_samples, n_crops)
     # Batches hold consecutive files and the loader keeps their order.
     _, embeddings = _run(
-        model, dataset, len(paths), device, num_workers, progress, "crops"
+        model,
+        dataset,
+        len(paths),
+        device,
+        num_workers,
+        progress,
+        "crops",
+        log_summary,
     )
     return embeddings.reshape(len(paths), n_crops, -1).numpy()
 
@@ -463,6 +501,7 @@ def embed_in_shards(
                 max_samples=max_samples,
                 progress=show,
                 lengths=[lengths[i] for i in positions],
+                log_summary=False,
                 **kwargs,
             )
         }
@@ -698,6 +737,7 @@ def _embed_new_files(
                 max_samples,
                 progress=progress,
                 lengths=[lengths[i] for i in positions],
+                log_summary=False,
                 **kwargs,
             ),
             "crops": embed_crops(
@@ -707,6 +747,7 @@ def _embed_new_files(
                 n_crops,
                 crop_files_per_batch,
                 progress=progress,
+                log_summary=False,
                 **common,
             ),
         }
