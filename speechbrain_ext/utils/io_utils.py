@@ -383,4 +383,3 @@ def round_floats(value, digits=8):
     if isinstance(value, (list, tuple)):
         return [round_floats(item, digits) for item in value]
     return value
-

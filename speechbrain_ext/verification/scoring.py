@@ -493,8 +493,7 @@ def method_label(method, n_crops, top_k=None):
     base, _, normalised = method.partition("_")
     what = {
         "reference": (
-            f"{n_crops}x{n_crops} crop-pair and full-utterance cosine, "
-            "averaged"
+            f"{n_crops}x{n_crops} crop-pair and full-utterance cosine, averaged"
         ),
         "cosine": "full-utterance cosine",
     }[base]
