@@ -127,8 +127,8 @@ def test_det_title_legend_and_rounded_json(
         f"({int(trials.labels.sum())} target)"
     )
     assert drawn["curves"] == [
-        "reference (3x3 crop-pair and full-utterance cosine, averaged)",
-        "cosine (full-utterance cosine)",
+        "reference (3x3 crops + full, cosine)",
+        "cosine (full utterance, cosine)",
     ]
     assert (output / "det.png").read_bytes()[:4] == b"\x89PNG"
 

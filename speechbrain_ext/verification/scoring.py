@@ -486,16 +486,14 @@ def method_label(method, n_crops, top_k=None):
     Example
     -------
     >>> method_label("reference", 15)
-    'reference (15x15 crop-pair and full-utterance cosine, averaged)'
+    'reference (15x15 crops + full, cosine)'
     >>> method_label("cosine_asnorm", 15, 300)
-    'cosine_asnorm (full-utterance cosine, AS-norm top 300)'
+    'cosine_asnorm (full utterance, cosine, AS-norm top 300)'
     """
     base, _, normalised = method.partition("_")
     what = {
-        "reference": (
-            f"{n_crops}x{n_crops} crop-pair and full-utterance cosine, averaged"
-        ),
-        "cosine": "full-utterance cosine",
+        "reference": f"{n_crops}x{n_crops} crops + full, cosine",
+        "cosine": "full utterance, cosine",
     }[base]
     if normalised:
         what += f", AS-norm top {top_k}"
