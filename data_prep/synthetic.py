@@ -16,9 +16,12 @@ things. Utterances also vary around the speaker's voice (F0, rate, effort).
 Layout (see ``/work/shared/DESIGN.md``)::
 
     DIR/wav/<SPK>/<VIDEO>/<UTT>.wav   16 kHz mono; train speakers id0NNNN,
-                                      test speakers id1NNNN
+                                      test speakers id1NNNN, development
+                                      speakers id2NNNN
     DIR/train_list.txt                SPEAKER RELPATH (relative to DIR/wav)
     DIR/trials.txt                    LABEL ENROL TEST on the test speakers
+    DIR/dev_trials.txt                LABEL ENROL TEST on the development
+                                      speakers (to calibrate a threshold)
     DIR/musan/{music,speech,noise}/synth/*.wav
     DIR/rirs/{smallroom,mediumroom,largeroom}/RoomNNN/*.wav
     DIR/corpus.json                   completion marker with the settings
@@ -68,6 +71,8 @@ DEFAULT_SIZES = {
     "min_duration": 2.0,
     "max_duration": 12.0,
     "n_trials": 1000,
+    "n_dev_speakers": 10,
+    "n_dev_trials": 400,
     "n_musan": 6,
     "musan_duration": 8.0,
     "n_rir_rooms": 2,
@@ -83,6 +88,8 @@ TINY_SIZES = {
     "min_duration": 2.0,
     "max_duration": 4.0,
     "n_trials": 40,
+    "n_dev_speakers": 3,
+    "n_dev_trials": 20,
     "n_musan": 2,
     "musan_duration": 3.0,
     "n_rir_rooms": 1,
@@ -655,12 +662,15 @@ def make_trials(utterances, n_trials, rng):
     return trials
 
 
-def _outputs(folder):
+def _outputs(folder, sizes):
     """The paths generate_corpus returns."""
     return {
         "data_folder": os.path.join(folder, "wav"),
         "train_list": os.path.join(folder, "train_list.txt"),
         "trials": os.path.join(folder, "trials.txt"),
+        "dev_trials": os.path.join(folder, "dev_trials.txt")
+        if sizes["n_dev_speakers"]
+        else None,
         "noise_folder": os.path.join(folder, "musan"),
         "rir_folder": os.path.join(folder, "rirs"),
     }
@@ -701,6 +711,7 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
     -------
     dict
         ``data_folder`` (DIR/wav), ``train_list``, ``trials``,
+        ``dev_trials`` (None without development speakers),
         ``noise_folder`` (DIR/musan), ``rir_folder`` (DIR/rirs).
 
     Example
@@ -708,15 +719,18 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
     >>> import tempfile
     >>> sizes = dict(n_train_speakers=2, n_test_speakers=2, n_videos=2,
     ...              n_utterances=1, min_duration=0.5, max_duration=0.5,
-    ...              n_trials=4, n_musan=1, musan_duration=0.5,
-    ...              n_rir_rooms=1, n_rirs=1)
+    ...              n_trials=4, n_dev_speakers=2, n_dev_trials=2,
+    ...              n_musan=1, musan_duration=0.5, n_rir_rooms=1, n_rirs=1)
     >>> out = generate_corpus(tempfile.mkdtemp(), n_jobs=1, **sizes)
-    >>> sorted(out)
-    ['data_folder', 'noise_folder', 'rir_folder', 'train_list', 'trials']
+    >>> sorted(out)  # doctest: +NORMALIZE_WHITESPACE
+    ['data_folder', 'dev_trials', 'noise_folder', 'rir_folder',
+     'train_list', 'trials']
     >>> open(out["train_list"]).readline().split()[0]
     'id00000'
     >>> len(open(out["trials"]).readlines())
     4
+    >>> open(out["dev_trials"]).readline().split()[1][:3]
+    'id2'
     """
     # Imported here so that the worker processes do not import torch.
     from speechbrain_ext.utils.io_utils import atomic_open
@@ -730,7 +744,7 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
             "generate_corpus: need 0 < min_duration <= max_duration"
         )
     settings = {"format": FORMAT_VERSION, "seed": seed, **sizes}
-    outputs = _outputs(output_folder)
+    outputs = _outputs(output_folder, sizes)
     marker = os.path.join(output_folder, MARKER)
     if os.path.isfile(marker):
         try:
@@ -765,13 +779,20 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
         n_jobs = len(os.sched_getaffinity(0))
     start = time.time()
     root = outputs["data_folder"]
-    tasks = [
-        (root, f"id0{i:04d}", seed, (1, i), sizes)
-        for i in range(sizes["n_train_speakers"])
-    ] + [
-        (root, f"id1{i:04d}", seed, (2, i), sizes)
-        for i in range(sizes["n_test_speakers"])
-    ]
+    tasks = (
+        [
+            (root, f"id0{i:04d}", seed, (1, i), sizes)
+            for i in range(sizes["n_train_speakers"])
+        ]
+        + [
+            (root, f"id1{i:04d}", seed, (2, i), sizes)
+            for i in range(sizes["n_test_speakers"])
+        ]
+        + [
+            (root, f"id2{i:04d}", seed, (6, i), sizes)
+            for i in range(sizes["n_dev_speakers"])
+        ]
+    )
     musan_tasks = [
         (
             os.path.join(
@@ -808,19 +829,23 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
     _run(_musan_job, musan_tasks, n_jobs)
     _run(_rir_job, rir_tasks, n_jobs)
     n_train = sizes["n_train_speakers"]
+    n_test = n_train + sizes["n_test_speakers"]
     with atomic_open(outputs["train_list"]) as f:
         for (_, speaker, *_), speaker_rows in zip(tasks[:n_train], rows):
             for relpath, _ in speaker_rows:
                 f.write(f"{speaker} {relpath}\n")
-    test = [
-        relpath
-        for speaker_rows in rows[n_train:]
-        for relpath, _ in speaker_rows
-    ]
-    trials = make_trials(test, sizes["n_trials"], _rng(seed, 5))
-    with atomic_open(outputs["trials"]) as f:
-        for label, enrol, test_file in trials:
-            f.write(f"{label} {enrol} {test_file}\n")
+    for name, part, n_trials, key in (
+        ("trials", rows[n_train:n_test], sizes["n_trials"], 5),
+        ("dev_trials", rows[n_test:], sizes["n_dev_trials"], 7),
+    ):
+        if outputs[name] is None:
+            continue
+        utterances = [relpath for r in part for relpath, _ in r]
+        with atomic_open(outputs[name]) as f:
+            for label, enrol, test_file in make_trials(
+                utterances, n_trials, _rng(seed, key)
+            ):
+                f.write(f"{label} {enrol} {test_file}\n")
     seconds = sum(d for speaker_rows in rows for _, d in speaker_rows)
     with atomic_open(marker) as f:
         json.dump(

@@ -23,7 +23,6 @@ To run::
 import speechbrain_ext.preflight  # noqa: F401
 
 import argparse
-import logging
 import os
 import shutil
 import sys
@@ -44,6 +43,7 @@ from speechbrain_ext.pretrained.export import (
     export_model,
 )
 from speechbrain_ext.utils.io_utils import safe_torch_load
+from speechbrain_ext.utils.stage_logging import setup_stage_logging
 from speechbrain_ext.utils.stage_utils import (
     MODEL_INPUT_ERRORS,
     exit_on_input_errors,
@@ -159,7 +159,7 @@ def convert(args):
 def main(argv):
     """Run the conversion from the command line."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_stage_logging()
     with exit_on_input_errors(INPUT_ERRORS):
         convert(args)
 

@@ -8,7 +8,9 @@ reference protocol, and scores every trial by each method of
 cosine, and AS-norm of each when a cohort is given). Writes score files, a
 ``metrics.json`` (EER in percent, normalised minDCF at P_target 0.05 and
 0.01, per method; the top-level keys are those of the first method) and a
-DET curve. Embeddings are cached per file, so re-scoring is fast.
+DET curve. Embeddings are cached per file, keyed on the model's weights and
+architecture (a checkpoint and its exported folder share them), so
+re-scoring is fast.
 
 Several GPUs or nodes: start it with ``torchrun``; the files to embed are
 shared out in resumable shards (as in ``extract_embeddings.py``) and the
@@ -37,19 +39,22 @@ from speechbrain_ext.dataio.embeddings_io import (
     load_embeddings,
 )
 from speechbrain_ext.dataio.lists import TrialListError
-from speechbrain_ext.pretrained.checkpoints import (
-    load_embedding_model,
-    weights_fingerprint,
-)
+from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
+from speechbrain_ext.pretrained.architecture import model_yaml
+from speechbrain_ext.pretrained.checkpoints import load_embedding_model
 from speechbrain_ext.pretrained.export import embedding_size
-from speechbrain_ext.utils.io_utils import atomic_open
+from speechbrain_ext.utils.io_utils import atomic_open, round_floats
 from speechbrain_ext.utils.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
 )
-from speechbrain_ext.verification.extraction import evaluation_embeddings
+from speechbrain_ext.verification.extraction import (
+    evaluation_embeddings,
+    model_digest,
+)
 from speechbrain_ext.verification.metrics import (
     TrialLabelError,
+    collapse_warning,
     plot_det,
     split_scores,
     verification_metrics,
@@ -57,6 +62,7 @@ from speechbrain_ext.verification.metrics import (
 from speechbrain_ext.verification.scoring import (
     METHODS,
     check_files_exist,
+    method_label,
     read_trials,
     score_methods,
     write_scores,
@@ -101,6 +107,59 @@ def load_cohort(path, size, seed):
         )
         matrix = matrix[np.sort(rows)]
     return matrix
+
+
+def model_name(origin):
+    """The name a result is known by: the training stage of a checkpoint.
+
+    Arguments
+    ---------
+    origin : str
+        The folder the weights were loaded from.
+
+    Returns
+    -------
+    str
+        The training output folder's name for ``OUT/save/CKPT+*`` (the
+        stage, in a pipeline run), else the folder's own name.
+
+    Example
+    -------
+    >>> model_name("/exp/run/round1/save/CKPT+2026-12-02+10-00-00+00")
+    'round1'
+    >>> model_name("/exp/run/export")
+    'export'
+    """
+    parts = os.path.abspath(origin).split(os.sep)
+    if "save" in parts[1:]:
+        return parts[len(parts) - 1 - parts[::-1].index("save") - 1]
+    return parts[-1]
+
+
+def det_title(model, origin, trials):
+    """The DET figure's title: model, stage, trial list.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The evaluated model.
+    origin : str
+        Where its weights come from (see :func:`model_name`).
+    trials : speechbrain_ext.verification.scoring.Trials
+        The trial list.
+
+    Returns
+    -------
+    str
+        Two lines.
+    """
+    kind = "ECAPA-TDNN" if isinstance(model, FbankECAPA) else "WavLM + MHFA"
+    n_target = int(np.sum(trials.labels))
+    return (
+        f"{model_name(origin)}: {kind}, {embedding_size(model)}-d "
+        f"embeddings\n{os.path.basename(trials.path)}: "
+        f"{len(trials.labels)} trials ({n_target} target)"
+    )
 
 
 def evaluate(hparams, device, progress=True):
@@ -149,7 +208,7 @@ def evaluate(hparams, device, progress=True):
         files,
         hparams["data_folder"],
         hparams["embeddings_cache"],
-        weights_fingerprint(origin),
+        model_digest(model, model_yaml(model)),
         n_crops=hparams["n_crops"],
         crop_samples=hparams["crop_samples"],
         max_samples=hparams["max_samples"],
@@ -187,13 +246,20 @@ def evaluate(hparams, device, progress=True):
     write_scores(
         os.path.join(output, "scores.txt"), scores[main_method], trials
     )
+    for name, values in scores.items():
+        if "asnorm" not in name:  # AS-norm scores are not cosines
+            warning = collapse_warning(values, f"{trials.path} ({name})")
+            if warning:
+                logger.warning(warning)
     plot_det(
         {
-            name: split_scores(values, trials.labels, trials.path)
+            method_label(
+                name, hparams["n_crops"], hparams["asnorm_top_k"]
+            ): split_scores(values, trials.labels, trials.path)
             for name, values in scores.items()
         },
         os.path.join(output, "det.png"),
-        title=os.path.basename(trials.path),
+        title=det_title(model, origin, trials),
     )
     main = results[main_method]
     summary = {
@@ -211,7 +277,7 @@ def evaluate(hparams, device, progress=True):
         "scoring_seconds": score_seconds,
     }
     with atomic_open(os.path.join(output, "metrics.json")) as f:
-        json.dump(summary, f, indent=2)
+        json.dump(round_floats(summary), f, indent=2)
     return summary
 
 

@@ -37,10 +37,8 @@ from speechbrain_ext.dataio.lists import (
     UtteranceListError,
     read_utterance_list,
 )
-from speechbrain_ext.pretrained.checkpoints import (
-    load_embedding_model,
-    weights_fingerprint,
-)
+from speechbrain_ext.pretrained.architecture import model_yaml
+from speechbrain_ext.pretrained.checkpoints import load_embedding_model
 from speechbrain_ext.utils.stage_utils import (
     MODEL_INPUT_ERRORS,
     run_stage,
@@ -48,6 +46,7 @@ from speechbrain_ext.utils.stage_utils import (
 from speechbrain_ext.verification.extraction import (
     embed_in_shards,
     find_wavs,
+    model_digest,
 )
 from speechbrain_ext.verification.scoring import check_files_exist
 
@@ -112,7 +111,9 @@ def extract(hparams, device, progress=True):
         keys,
         shard_folder,
         shard_seconds=hparams["shard_seconds"],
-        fingerprint=f"{weights_fingerprint(origin)}:{hparams['max_samples']}",
+        fingerprint=(
+            f"{model_digest(model, model_yaml(model))}:{hparams['max_samples']}"
+        ),
         max_samples=hparams["max_samples"],
         max_batch_size=hparams["max_batch_size"],
         max_batch_samples=hparams["max_batch_samples"],

@@ -23,9 +23,14 @@ runs them again; ``--stages=[a,b]`` runs only those. ``--launcher`` starts
 the training, embedding and evaluation stages (e.g. with ``torchrun``, one
 process per GPU); ``--train_launcher``, when given, overrides it for
 training. At the end a summary
-(stage, NMI of the pseudo-labels made from its embeddings, EER in percent,
-minDCF at P_target 0.01, wall time) is printed and written as
-``summary.json``, ``summary.md`` and ``summary.png``.
+(stage, NMI of the pseudo-labels made from its embeddings, EER in percent
+and its scoring method, minDCF at P_target 0.01, wall time split into
+training, embedding, evaluation and clustering) is printed and written as
+``summary.json``, ``summary.md`` and ``summary.png``. The export stores
+the cosine threshold at the EER point of ``dev_trials`` (a development
+trial list on speakers of neither the training list nor the test trials;
+the built-in corpus writes one), or SpeechBrain's uncalibrated 0.25, with a
+warning, when none is given.
 
 One pipeline per output folder: it holds a lock (``OUT/.lock``, with its
 PID) while it runs; a second one on the same folder stops with one line
@@ -51,6 +56,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -62,7 +68,13 @@ from speechbrain_ext.utils.folder_lock import (
     FolderLockedError,
     end_with_parent,
 )
-from speechbrain_ext.utils.io_utils import atomic_open, remove_stale_temporaries
+from speechbrain_ext.utils.io_utils import (
+    atomic_open,
+    atomic_path,
+    remove_stale_temporaries,
+    round_floats,
+)
+from speechbrain_ext.utils.stage_output import StageOutput
 from speechbrain_ext.utils.stage_utils import load_stage_hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,9 +87,28 @@ SUMMARY_KEYS = (
     "EER",
     "EER_cosine",
     "minDCF_0.01",
+    "scoring",
+    "n_trials",
+    "train_s",
+    "embed_s",
+    "eval_s",
+    "cluster_s",
     "wall_s",
     "epochs",
 )
+
+#: What each script's wall time counts as in the summary.
+TIME_KINDS = {
+    "recipes/train_dino.py": "train_s",
+    "train.py": "train_s",
+    "recipes/extract_embeddings.py": "embed_s",
+    "recipes/evaluate.py": "eval_s",
+    "recipes/pseudo_label.py": "cluster_s",
+    "recipes/export_pretrained.py": None,
+}
+
+#: Stage 1's scoring (recipes/train_dino.py's own evaluation).
+DINO_SCORING = "cosine (full-utterance cosine)"
 EPOCH_KEYS = (
     "epoch",
     "threshold",
@@ -91,6 +122,9 @@ EPOCH_KEYS = (
 
 #: Seconds between saves of a running stage's wall time.
 ATTEMPT_RECORD_S = 30
+
+#: Seconds to wait for the rest of a stage's output once it has ended.
+OUTPUT_DRAIN_S = 30
 
 
 class StageError(RuntimeError):
@@ -111,12 +145,16 @@ class Stage:
         Its output folder (deleted when the stage is re-run).
     row : str or None
         The summary row (model) whose wall time it adds to.
+    time_kind : str or None
+        The summary column its wall time goes to (``train_s``,
+        ``embed_s``, ``eval_s``, ``cluster_s``; see :data:`TIME_KINDS`).
     """
 
     name: str
     command: list
     folder: str
     row: str = None
+    time_kind: str = None
 
 
 class StageRunner:
@@ -127,13 +165,17 @@ class StageRunner:
     output_folder : str
         The experiment folder; markers go to ``stages/``, logs to ``logs/``.
     env : dict, optional
-        Environment of the commands (default: this process's).
+        Environment of the commands (default: this process's), always with
+        unbuffered Python output (progress reaches the console at once).
+    console : file, optional
+        Where each stage's output is shown as it runs (default: standard
+        output; see :class:`speechbrain_ext.utils.stage_output.StageOutput`).
 
     Example
     -------
-    >>> import tempfile
+    >>> import io, tempfile
     >>> out = tempfile.mkdtemp()
-    >>> runner = StageRunner(out)
+    >>> runner = StageRunner(out, console=io.StringIO())
     >>> stage = Stage("hello", [sys.executable, "-c", "print(1)"],
     ...               os.path.join(out, "hello"))
     >>> runner.run(stage), runner.run(stage)
@@ -142,11 +184,13 @@ class StageRunner:
     True
     """
 
-    def __init__(self, output_folder, env=None):
+    def __init__(self, output_folder, env=None, console=None):
         self.output_folder = output_folder
         self.marker_folder = os.path.join(output_folder, "stages")
         self.log_folder = os.path.join(output_folder, "logs")
-        self.env = env
+        self.env = dict(os.environ if env is None else env)
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.console = console
 
     def marker(self, name):
         """Path of a stage's completion marker."""
@@ -190,7 +234,10 @@ class StageRunner:
         """Run a stage unless it is done; record its marker.
 
         The command's output goes to ``logs/<name>.log`` (appended across
-        attempts). Time spent in failed or interrupted attempts is added to
+        attempts, progress bars reduced to their final state) and to the
+        console (bars moving on a terminal, else a progress line every
+        :data:`~speechbrain_ext.utils.stage_output.PROGRESS_LINE_S`
+        seconds). Time spent in failed or interrupted attempts is added to
         the wall time of the one that completes. A stage started before
         (and not completed) is announced as ``running (resuming)``. The
         command ends with this process: on Linux it is sent SIGTERM when
@@ -232,17 +279,25 @@ class StageRunner:
                 json.dump({"wall_s": earlier + time.perf_counter() - start}, f)
 
         record_attempt()
+        console = self.console or sys.stdout
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(stage.command)}\n")
             log.flush()
+            output = StageOutput(log, console, live=console.isatty())
             process = subprocess.Popen(
                 stage.command,
-                stdout=log,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 env=self.env,
                 preexec_fn=end_with_parent,
             )
+            copier = threading.Thread(
+                target=output.copy_from,
+                args=(process.stdout.fileno(),),
+                daemon=True,
+            )
+            copier.start()
             try:
                 while True:
                     try:
@@ -254,6 +309,11 @@ class StageRunner:
                 if process.poll() is None:  # interrupted: end the stage too
                     process.terminate()
                     process.wait()
+                # A process the stage left behind may hold the pipe open.
+                copier.join(timeout=OUTPUT_DRAIN_S)
+                if not copier.is_alive():
+                    process.stdout.close()
+                    output.close()
         wall = earlier + time.perf_counter() - start
         if returncode != 0:
             record_attempt()
@@ -421,7 +481,11 @@ def plan_stages(hparams, run_options=()):
             + format_overrides(overrides)
             + options
         )
-        stages.append(Stage(name, command, os.path.join(out, name), row))
+        stages.append(
+            Stage(
+                name, command, os.path.join(out, name), row, TIME_KINDS[script]
+            )
+        )
 
     def pseudo_labels(source, embeddings):
         """Append a clustering stage; return its label file."""
@@ -560,6 +624,10 @@ def plan_stages(hparams, run_options=()):
         {
             "model_source": os.path.join(out, final, "save"),
             "output_folder": os.path.join(out, "export"),
+            "dev_trials": hparams["dev_trials"],
+            "data_folder": hparams["data_folder"]
+            if hparams["dev_trials"]
+            else None,
             **hparams["export_overrides"],
         },
         None,
@@ -630,14 +698,16 @@ def collect_summary(stages, runner):
     Returns
     -------
     list of dict
-        ``{"stage", "NMI", "purity", "EER", "EER_cosine", "minDCF_0.01",
-        "wall_s", "epochs"}``; EER in percent (``EER``: the evaluation's
-        main scoring, ``EER_cosine``: full-utterance cosine, stage 1's only
-        scoring); ``None`` where not (yet) available. NMI and purity are
-        those of the pseudo-labels clustered from the stage's embeddings
-        (against the true speakers, when the keys carry them); ``epochs``
-        lists a training stage's per-epoch gate and label-correction
-        figures (``EPOCH_KEYS``).
+        ``SUMMARY_KEYS``; EER in percent (``EER``: the evaluation's main
+        scoring, named in ``scoring``; ``EER_cosine``: full-utterance
+        cosine, stage 1's only scoring), ``n_trials`` scored; ``None`` where
+        not (yet) available. NMI and purity are those of the pseudo-labels
+        clustered from the stage's embeddings (against the true speakers,
+        when the keys carry them). Wall times in seconds: ``train_s``
+        (stage 1's includes its own embedding and evaluation), ``embed_s``
+        (embeddings for the next clustering), ``eval_s``, ``cluster_s``
+        and their sum ``wall_s``. ``epochs`` lists a training stage's
+        per-epoch gate and label-correction figures (``EPOCH_KEYS``).
     """
     by_name = {stage.name: stage for stage in stages}
     rows = {}
@@ -650,7 +720,11 @@ def collect_summary(stages, runner):
         )
         info = runner.info(stage.name)
         if info is not None:
-            row["wall_s"] = (row["wall_s"] or 0.0) + float(info["wall_s"])
+            wall = float(info["wall_s"])
+            row["wall_s"] = (row["wall_s"] or 0.0) + wall
+            if stage.time_kind:
+                kind = stage.time_kind
+                row[kind] = (row[kind] or 0.0) + wall
     for row_name, row in rows.items():
         labels = by_name.get(f"pseudo_labels_{row_name}")
         if labels is not None and runner.is_done(labels.name):
@@ -671,9 +745,15 @@ def collect_summary(stages, runner):
         if metrics:
             row["EER"] = metrics.get("EER")
             row["minDCF_0.01"] = metrics.get("minDCF_0.01")
+            row["n_trials"] = metrics.get("n_trials")
             cosine = metrics.get("methods", {}).get("cosine", {})
             row["EER_cosine"] = (
                 metrics.get("EER") if row_name == "dino" else cosine.get("EER")
+            )
+            row["scoring"] = (
+                DINO_SCORING
+                if row_name == "dino"
+                else metrics.get("main_method")
             )
         training = by_name.get(row_name)
         if row_name != "dino" and training is not None:
@@ -686,17 +766,60 @@ def collect_summary(stages, runner):
                     for epoch in history
                 ]
     for row in rows.values():
-        if row["wall_s"] is not None:
-            row["wall_s"] = round(row["wall_s"], 1)
+        for key in ("train_s", "embed_s", "eval_s", "cluster_s", "wall_s"):
+            if row[key] is not None:
+                row[key] = round(row[key], 1)
     return list(rows.values())
 
 
-def summary_markdown(rows):
+def summary_caption(rows, trials):
+    """What the summary's numbers are: trial list, scoring, units.
+
+    Arguments
+    ---------
+    rows : list of dict
+        From :func:`collect_summary`.
+    trials : str
+        The trial list the models were scored on.
+
+    Returns
+    -------
+    str
+        One paragraph.
+
+    Example
+    -------
+    >>> print(summary_caption([{"stage": "dino", "n_trials": 40,
+    ...                         "scoring": "cosine"}], "/c/trials.txt"))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    EER and minDCF on /c/trials.txt (40 trials), scoring: dino cosine.
+    EER in percent; minDCF normalised, P_target 0.01, C_miss = C_fa = 1;
+    NMI and purity of the pseudo-labels clustered from each model's
+    embeddings, against the true speakers; times in seconds of wall clock.
+    """
+    counts = sorted({row["n_trials"] for row in rows if row["n_trials"]})
+    scoring = ", ".join(
+        f"{row['stage']} {row['scoring']}" for row in rows if row["scoring"]
+    )
+    return (
+        f"EER and minDCF on {trials}"
+        + (f" ({'/'.join(map(str, counts))} trials)" if counts else "")
+        + (f", scoring: {scoring}" if scoring else "")
+        + ". EER in percent; minDCF normalised, P_target 0.01, C_miss = "
+        "C_fa = 1; NMI and purity of the pseudo-labels clustered from each "
+        "model's embeddings, against the true speakers; times in seconds of "
+        "wall clock."
+    )
+
+
+def summary_markdown(rows, caption=""):
     """The summary as Markdown: one table of models, one of epochs.
 
     Arguments
     ---------
     rows : list of dict
+    caption : str
+        Written above the first table (see :func:`summary_caption`).
 
     Returns
     -------
@@ -704,13 +827,13 @@ def summary_markdown(rows):
 
     Example
     -------
-    >>> print(summary_markdown([{"stage": "dino", "NMI": 0.5, "purity": None,
-    ...                          "EER": 12.0, "EER_cosine": 12.0,
-    ...                          "minDCF_0.01": None, "wall_s": 3.0,
-    ...                          "epochs": None}]))
-    | stage | NMI | purity | EER (%) | EER cosine (%) | minDCF_0.01 | wall_s |
-    |---|---|---|---|---|---|---|
-    | dino | 0.500 | - | 12.00 | 12.00 | - | 3.0 |
+    >>> row = dict.fromkeys(SUMMARY_KEYS) | {"stage": "dino", "NMI": 0.5,
+    ...     "EER": 12.0, "EER_cosine": 12.0, "train_s": 3.0, "wall_s": 3.0}
+    >>> print(summary_markdown([row]))  # doctest: +NORMALIZE_WHITESPACE
+    | stage | NMI | purity | EER (%) | EER cosine (%) | minDCF (P_target
+    0.01) | train (s) | embed (s) | eval (s) | cluster (s) | total (s) |
+    |---|---|---|---|---|---|---|---|---|---|---|
+    | dino | 0.500 | - | 12.00 | 12.00 | - | 3.0 | - | - | - | 3.0 |
     """
 
     def cell(value, digits, percent=False):
@@ -721,25 +844,33 @@ def summary_markdown(rows):
             f"{100 * value:.{digits}f} %" if percent else f"{value:.{digits}f}"
         )
 
-    lines = [
-        "| stage | NMI | purity | EER (%) | EER cosine (%) | minDCF_0.01 "
-        "| wall_s |",
-        "|---|---|---|---|---|---|---|",
+    lines = [caption, ""] if caption else []
+    lines += [
+        "| stage | NMI | purity | EER (%) | EER cosine (%) | minDCF "
+        "(P_target 0.01) | train (s) | embed (s) | eval (s) | cluster (s) "
+        "| total (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['stage']} | {cell(row['NMI'], 3)} | "
             f"{cell(row['purity'], 3)} | {cell(row['EER'], 2)} | "
             f"{cell(row['EER_cosine'], 2)} | {cell(row['minDCF_0.01'], 4)} | "
-            f"{cell(row['wall_s'], 1)} |"
+            + " | ".join(
+                cell(row[key], 1)
+                for key in ("train_s", "embed_s", "eval_s", "cluster_s")
+            )
+            + f" | {cell(row['wall_s'], 1)} |"
         )
     epochs = [(row["stage"], e) for row in rows for e in row["epochs"] or []]
     if epochs:
         lines += [
             "",
-            "Loss gate and label correction per epoch (purity: fraction of "
-            "samples whose pseudo-label is the majority label of their true "
-            "speaker's class; agreement: corrections equal to the majority "
+            "Loss gate and label correction per epoch (threshold: on "
+            "log(CE); kept: fraction of samples in the loss; purity: "
+            "fraction of samples whose pseudo-label is the majority label "
+            "of their true speaker's class; corrected: samples given a "
+            "corrected label; agreement: corrections equal to the majority "
             "pseudo-label of the sample's true speaker):",
             "",
             "| stage | epoch | threshold | kept | purity kept | purity "
@@ -758,13 +889,20 @@ def summary_markdown(rows):
     return "\n".join(lines)
 
 
-def plot_summary(rows, path):
-    """NMI and EER per stage, side by side, as a PNG.
+def summary_figure(rows, trials=None):
+    """NMI and EER per model, side by side, as a matplotlib figure.
 
     Arguments
     ---------
     rows : list of dict
-    path : str
+        From :func:`collect_summary`.
+    trials : str, optional
+        The trial list (named in the title with its count and scoring).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Close it with ``matplotlib.pyplot.close`` when done.
     """
     import matplotlib
 
@@ -772,10 +910,15 @@ def plot_summary(rows, path):
     import matplotlib.pyplot as plt
 
     names = [row["stage"] for row in rows]
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for axis, key, label in (
-        (axes[0], "NMI", "NMI of pseudo-labels"),
-        (axes[1], "EER", "EER (%)"),
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for axis, key, title, label in (
+        (
+            axes[0],
+            "NMI",
+            "Pseudo-labels clustered from each model",
+            "NMI against the true speakers",
+        ),
+        (axes[1], "EER", "Verification", "EER (%)"),
     ):
         points = [
             (i, row[key]) for i, row in enumerate(rows) if row[key] is not None
@@ -784,36 +927,65 @@ def plot_summary(rows, path):
             xs, ys = zip(*points)
             axis.plot(xs, ys, marker="o")
         axis.set_xticks(range(len(names)), names, rotation=30)
-        axis.set_title(label)
+        axis.set_xlabel("model (pipeline stage)")
+        axis.set_ylabel(label)
+        axis.set_title(title, fontsize="medium")
         axis.grid(alpha=0.3)
+    if trials:
+        counts = sorted({row["n_trials"] for row in rows if row["n_trials"]})
+        scorings = sorted({row["scoring"] for row in rows if row["scoring"]})
+        figure.suptitle(
+            f"EER on {os.path.basename(trials)}"
+            + (f" ({'/'.join(map(str, counts))} trials)" if counts else "")
+            + (f"; scoring: {', '.join(scorings)}" if scorings else ""),
+            fontsize="medium",
+        )
     figure.tight_layout()
-    from speechbrain_ext.utils.io_utils import atomic_path
+    return figure
 
+
+def plot_summary(rows, path, trials=None):
+    """Write :func:`summary_figure` as a PNG, atomically.
+
+    Arguments
+    ---------
+    rows : list of dict
+    path : str
+    trials : str, optional
+    """
+    import matplotlib.pyplot as plt
+
+    figure = summary_figure(rows, trials)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
 
 
-def write_summary(rows, output_folder):
+def write_summary(rows, output_folder, trials=None):
     """Write ``summary.json``, ``summary.md`` and ``summary.png``.
+
+    Floats in ``summary.json`` are rounded to 8 significant digits.
 
     Arguments
     ---------
     rows : list of dict
     output_folder : str
+    trials : str, optional
+        The trial list (named in the Markdown caption and the figure).
 
     Returns
     -------
     str
-        The Markdown table.
+        The Markdown (caption and tables).
     """
     rows = [{key: row[key] for key in SUMMARY_KEYS} for row in rows]
     with atomic_open(os.path.join(output_folder, "summary.json")) as f:
-        json.dump(rows, f, indent=2)
-    table = summary_markdown(rows)
+        json.dump(round_floats(rows), f, indent=2)
+    caption = summary_caption(rows, trials) if trials else ""
+    table = summary_markdown(rows, caption)
     with atomic_open(os.path.join(output_folder, "summary.md")) as f:
         f.write(table + "\n")
-    plot_summary(rows, os.path.join(output_folder, "summary.png"))
+    plot_summary(rows, os.path.join(output_folder, "summary.png"), trials)
     return table
 
 
@@ -846,6 +1018,49 @@ def prepare_synthetic_corpus(hparams):
     from data_prep.synthetic import generate_corpus
 
     generate_corpus(folder, **hparams["synthetic_corpus_options"])
+
+
+def mismatched_dev_trials(hparams):
+    """An error line when the development trials and the corpus disagree.
+
+    The demo's ``dev_trials`` lie in the built-in corpus; pointed at
+    another corpus (``--data_folder`` outside it), the demo must be given
+    that corpus's development trials too (or ``--dev_trials=null``).
+
+    Arguments
+    ---------
+    hparams : dict
+
+    Returns
+    -------
+    str or None
+
+    Example
+    -------
+    >>> hparams = {"synthetic_corpus_folder": "/d/corpus",
+    ...            "data_folder": "/vox/wav",
+    ...            "dev_trials": "/d/corpus/dev_trials.txt"}
+    >>> print(mismatched_dev_trials(hparams))  # doctest: +ELLIPSIS
+    dev_trials=/d/corpus/dev_trials.txt is in the built-in corpus but ...
+    >>> mismatched_dev_trials(hparams | {"dev_trials": None}) is None
+    True
+    """
+    folder = hparams["synthetic_corpus_folder"]
+    if not folder or not hparams["dev_trials"]:
+        return None
+    folder = os.path.abspath(folder) + os.sep
+    inside = [
+        os.path.abspath(hparams[key]).startswith(folder)
+        for key in ("dev_trials", "data_folder")
+    ]
+    if inside == [True, False]:
+        return (
+            f"dev_trials={hparams['dev_trials']} is in the built-in corpus "
+            f"but data_folder={hparams['data_folder']} is not: give "
+            "--dev_trials=<development trials of that corpus> or "
+            "--dev_trials=null"
+        )
+    return None
 
 
 def load_hparams(argv):
@@ -886,6 +1101,9 @@ def main(argv):
             "stage 1's network: it needs neither external_embeddings nor "
             "pretrained_wavlm (use model.encoder=wavlm with them)"
         )
+    mismatch = mismatched_dev_trials(hparams)
+    if mismatch:
+        sys.exit(f"{hparams_file}: {mismatch}")
     if hparams["noprogressbar"] and "--noprogressbar" not in run_options:
         run_options.append("--noprogressbar")
     out = hparams["output_folder"]
@@ -940,10 +1158,10 @@ def run_locked(hparams, stages, to_reset, to_run):
             runner.run(stage)
     except StageError as error:
         rows = collect_summary(stages, runner)
-        write_summary(rows, out)
+        write_summary(rows, out, hparams["trials"])
         sys.exit(str(error))
     rows = collect_summary(stages, runner)
-    table = write_summary(rows, out)
+    table = write_summary(rows, out, hparams["trials"])
     print(table)
     print(f"summary: {os.path.join(out, 'summary.json')}")
     if runner.is_done("export"):

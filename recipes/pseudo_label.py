@@ -29,7 +29,6 @@ import speechbrain_ext.preflight  # noqa: F401
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
 import resource
@@ -49,6 +48,7 @@ from speechbrain_ext.utils.io_utils import (
     atomic_open,
     remove_stale_temporaries,
 )
+from speechbrain_ext.utils.stage_logging import setup_stage_logging
 from speechbrain_ext.utils.stage_utils import (
     load_stage_hparams,
     pick_device,
@@ -253,7 +253,7 @@ def run(hparams, device="cpu"):
 def main(argv):
     """Run the stage from the command line (see the module docstring)."""
     _, run_opts, _, hparams = load_stage_hparams(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    setup_stage_logging(timestamps=True)
     try:
         run(hparams, pick_device(run_opts.device))
     except INPUT_ERRORS as error:

@@ -1,4 +1,4 @@
-"""Entry-point check that the compiled dependencies load.
+"""Entry-point set-up: the compiled dependencies load, library logs are quiet.
 
 A torchaudio wheel built against another torch fails deep inside
 ``import speechbrain`` with a linker error (``undefined symbol: ...``) that
@@ -11,6 +11,8 @@ with one line naming the module, the installed torch/torchaudio versions
 and the fix (install from the lock). Only entry points (``train.py``,
 ``recipes/``, ``data_prep/``) import it: the library's own modules never do,
 so a program importing ``speechbrain_ext`` keeps Python's own errors.
+Once the dependencies load, it quiets the libraries whose records are noise
+in a recipe's logs (see :mod:`speechbrain_ext.utils.stage_logging`).
 
 Example
 -------
@@ -87,3 +89,7 @@ def broken_dependency(modules=COMPILED_DEPENDENCIES):
 _message = broken_dependency()
 if _message is not None:
     sys.exit(_message)
+
+from speechbrain_ext.utils import stage_logging  # noqa: E402
+
+stage_logging.quiet_library_logs()

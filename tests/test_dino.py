@@ -416,6 +416,8 @@ TOY_SIZES = {
     "min_duration": 2.0,
     "max_duration": 4.0,
     "n_trials": 300,
+    "n_dev_speakers": 0,
+    "n_dev_trials": 0,
     "n_musan": 2,
     "musan_duration": 3.0,
     "n_rir_rooms": 1,

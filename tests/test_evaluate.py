@@ -1,5 +1,6 @@
 """The evaluation stage on the tiny corpus: outputs, cache, bad input."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -92,6 +93,105 @@ def test_outputs_metrics_and_cache(
     again = json.loads((output / "metrics.json").read_text())
     assert list(again["methods"]) == ["cosine"]
     assert again["EER"] == summary["methods"]["cosine"]["EER"]
+
+
+def test_det_title_legend_and_rounded_json(
+    tiny_corpus, checkpoint, tmp_path, monkeypatch
+):
+    from speechbrain_ext.verification import metrics
+
+    drawn = {}
+    real = metrics.plot_det
+
+    def record(curves, path, title):
+        drawn.update(curves=list(curves), title=title)
+        real(curves, path, title)
+
+    monkeypatch.setattr(metrics, "plot_det", record)
+    output = tmp_path / "eval"
+    evaluate(
+        [
+            f"--data_folder={tiny_corpus['data_folder']}",
+            f"--trials={tiny_corpus['trials']}",
+            f"--model_source={checkpoint}",
+            f"--output_folder={output}",
+        ],
+        monkeypatch,
+    )
+    trials = read_trials(tiny_corpus["trials"])
+    stage = os.path.basename(os.path.dirname(checkpoint))  # OUT of OUT/save
+    assert drawn["title"] == (
+        f"{stage}: WavLM + MHFA, 16-d embeddings\n"
+        f"trials.txt: {len(trials.labels)} trials "
+        f"({int(trials.labels.sum())} target)"
+    )
+    assert drawn["curves"] == [
+        "reference (3x3 crops + full, cosine)",
+        "cosine (full utterance, cosine)",
+    ]
+    assert (output / "det.png").read_bytes()[:4] == b"\x89PNG"
+
+    def floats(value):
+        if isinstance(value, float):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from floats(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from floats(item)
+
+    text = (output / "metrics.json").read_text()
+    numbers = list(floats(json.loads(text)))
+    assert numbers
+    # 8 significant digits at most: no 38.800000000000004.
+    for number in numbers:
+        assert float(f"{number:.8g}") == number, number
+
+
+def test_cache_is_keyed_on_the_weights_not_the_path(
+    tiny_corpus, tiny_model, checkpoint, tmp_path, monkeypatch
+):
+    from speechbrain_ext.pretrained.export import export_model
+
+    output = tmp_path / "eval"
+    argv = [
+        f"--data_folder={tiny_corpus['data_folder']}",
+        f"--trials={tiny_corpus['trials']}",
+        f"--output_folder={output}",
+    ]
+    evaluate(argv + [f"--model_source={checkpoint}"], monkeypatch)
+    first = json.loads((output / "metrics.json").read_text())
+
+    # The exported folder holds the same weights: the cache serves it.
+    exported = export_model(tiny_model, str(tmp_path / "export"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("embeddings were recomputed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(extraction, "embed_full_utterances", fail)
+        patch.setattr(extraction, "embed_crops", fail)
+        evaluate(argv + [f"--model_source={exported}"], monkeypatch)
+    again = json.loads((output / "metrics.json").read_text())
+    assert again["model"] != first["model"]
+    assert again["EER"] == first["EER"]
+
+    # Other weights at the same path: embedded again.
+    changed = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1.0)
+    export_model(changed, exported)
+    calls = []
+    real = extraction.embed_full_utterances
+
+    def count(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "embed_full_utterances", count)
+    evaluate(argv + [f"--model_source={exported}"], monkeypatch)
+    assert calls
 
 
 def test_missing_files_are_listed(

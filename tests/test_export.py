@@ -51,7 +51,7 @@ def exported(tiny_model, tiny_corpus, tmp_path_factory):
             + [
                 f"--model_source={folder / 'train'}",
                 f"--output_folder={folder / 'model'}",
-                f"--dev_trials={tiny_corpus['trials']}",
+                f"--dev_trials={tiny_corpus['dev_trials']}",
                 f"--data_folder={tiny_corpus['data_folder']}",
             ]
         )
@@ -72,9 +72,9 @@ def test_folder_content_and_calibrated_threshold(
     ]
     with open(os.path.join(exported, "hyperparams.yaml")) as f:
         stored = load_hyperpyyaml(f)
-    expected, _ = calibrate_threshold(
+    expected, _, _ = calibrate_threshold(
         tiny_model,
-        read_trials(tiny_corpus["trials"]),
+        read_trials(tiny_corpus["dev_trials"]),
         tiny_corpus["data_folder"],
         progress=False,
     )
@@ -83,6 +83,11 @@ def test_folder_content_and_calibrated_threshold(
     assert stored["threshold"] == expected
     info = json.loads(open(os.path.join(exported, "export_info.json")).read())
     assert "EER point" in info["threshold_origin"]
+    assert info["dev_trials"] == os.path.abspath(tiny_corpus["dev_trials"])
+    low, high = info["dev_score_range"]
+    assert low <= stored["threshold"] <= high
+    for number in (info["dev_EER_percent"], low, high):
+        assert float(f"{number:.8g}") == number  # no 38.800000000000004
     assert (
         "SpeakerRecognition.from_hparams"
         in open(os.path.join(exported, "README.md")).read()
@@ -126,6 +131,41 @@ FRESH_PROCESS = textwrap.dedent(
     }))
     """
 )
+
+
+class Collapsed(torch.nn.Module):
+    """A model whose embeddings all point almost the same way."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, wavs, wav_lens=None):
+        return 1.0 + 1e-4 * self.model(wavs, wav_lens)
+
+
+def test_nearly_collapsed_embeddings_are_a_warning(
+    tiny_model, tiny_corpus, caplog
+):
+    dev = read_trials(tiny_corpus["dev_trials"])
+    root = tiny_corpus["data_folder"]
+    with caplog.at_level("WARNING"):
+        _, _, spread = calibrate_threshold(
+            tiny_model, dev, root, progress=False
+        )
+    assert spread["p99"] - spread["p1"] >= 0.05, spread
+    assert "collapsed" not in caplog.text
+
+    threshold, _, spread = calibrate_threshold(
+        Collapsed(tiny_model), dev, root, progress=False
+    )
+    assert spread["max"] - spread["min"] < 0.05
+    warnings = [r for r in caplog.records if "collapsed" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+    message = warnings[0].getMessage()
+    assert dev.path in message
+    assert f"{spread['min']:.5f}-{spread['max']:.5f}" in message
+    assert f"calibrated threshold {threshold:.6f}" in message
 
 
 def test_speechbrain_loads_it_in_a_fresh_process(

@@ -191,6 +191,37 @@ def run_script(argv):
     module.main(["hparams/extract_embeddings.yaml"] + argv)
 
 
+def test_sharded_extraction_logs_a_few_progress_lines(
+    tiny_model, paths, tmp_path, caplog, capsys
+):
+    from speechbrain_ext.utils.stage_output import final_state
+
+    keys = [f"k{i}" for i in range(len(paths))]
+    with caplog.at_level("INFO"):
+        embed_in_shards(
+            tiny_model,
+            paths,
+            keys,
+            str(tmp_path / "shards"),
+            fingerprint="A",
+            max_samples=None,
+            progress=True,
+        )
+    # One shard per file (MIN_SHARDS), done in far less than SHARD_LOG_S:
+    # one ETA line (the last shard's), no per-batch throughput lines.
+    messages = [record.getMessage() for record in caplog.records]
+    shard_lines = [m for m in messages if m.startswith("rank 0/1: shard")]
+    assert len(paths) > 1
+    assert len(shard_lines) == 1
+    assert f"({len(paths)} of {len(paths)} here)" in shard_lines[0]
+    assert "ETA" in shard_lines[0]
+    assert not [m for m in messages if "utterances in" in m]
+    # The bars were drawn, then cleared: nothing of them stays in a log.
+    err = capsys.readouterr().err
+    assert "utt/s" in err
+    assert all("utt/s" not in final_state(line) for line in err.split("\n"))
+
+
 def test_stage_script_writes_the_embeddings_file(
     tiny_model, tiny_corpus, tmp_path, monkeypatch
 ):

@@ -9,7 +9,10 @@ from speechbrain.utils.metric_stats import EER as sb_eer
 from speechbrain.utils.metric_stats import minDCF as sb_min_dcf
 
 from speechbrain_ext.verification.metrics import (
+    COLLAPSE_SPREAD,
     TrialLabelError,
+    collapse_warning,
+    det_figure,
     det_points,
     eer,
     min_dcf,
@@ -148,6 +151,44 @@ def test_det_points_monotonic_and_plot(tmp_path):
     plot_det({"a": (positive, negative), "b": (positive + 1, negative)}, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_det_figure_names_its_axes_curves_and_title():
+    import matplotlib.pyplot as plt
+
+    positive = np.array([0.9, 0.8, 0.3])
+    negative = np.array([0.4, 0.1, 0.2])
+    figure = det_figure(
+        {"cosine (full-utterance cosine)": (positive, negative)},
+        "round1: WavLM + MHFA\ntrials.txt: 6 trials",
+    )
+    axes = figure.axes[0]
+    assert axes.get_title() == "round1: WavLM + MHFA\ntrials.txt: 6 trials"
+    assert axes.get_xlabel() == "False alarm probability (%)"
+    assert axes.get_ylabel() == "Miss probability (%)"
+    # One target (0.3) of three below the best threshold, no false alarm
+    # above it, or the reverse: EER 1/3.
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == ["cosine (full-utterance cosine): EER 33.33%"]
+    plt.close(figure)
+
+
+def test_collapse_warning_gives_the_score_range():
+    # The demo's exported model: every score in 0.996-0.99997.
+    scores = np.linspace(0.996, 0.99997, 200)
+    warning = collapse_warning(scores, "dev_trials.txt")
+    p1, p99 = np.percentile(scores, [1, 99])
+    assert warning.startswith("embeddings nearly collapsed")
+    assert "dev_trials.txt" in warning
+    assert "0.99600-0.99997" in warning
+    assert f"{p1:.5f}-{p99:.5f}" in warning
+    assert f"width {p99 - p1:.5f} < {COLLAPSE_SPREAD}" in warning
+    # A working model's scores (non-targets near 0, targets near 0.6).
+    rng = np.random.default_rng(0)
+    healthy = np.concatenate(
+        [rng.normal(0, 0.1, 100), rng.normal(0.6, 0.1, 100)]
+    )
+    assert collapse_warning(healthy, "trials.txt") is None
 
 
 def test_scales_to_voxceleb1_h():

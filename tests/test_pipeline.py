@@ -9,6 +9,8 @@ import sys
 import pytest
 from hyperpyyaml import load_hyperpyyaml
 
+from speechbrain_ext.utils.io_utils import round_floats
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "pipeline.py"
 
@@ -112,6 +114,26 @@ def test_plan_has_every_stage_in_order_and_chains_outputs(tmp_path):
     for stage in stages:
         assert stage.command[-1] == "--device=cpu"
         assert stage.folder == f"{out}/{stage.name}"
+
+
+def test_export_is_calibrated_on_the_development_trials(tmp_path):
+    export = pipeline.plan_stages(hparams_for(tmp_path))[-1]
+    assert export.name == "export"
+    assert options(export)["dev_trials"] == "null"
+    dev = str(tmp_path / "dev_trials.txt")
+    export = pipeline.plan_stages(hparams_for(tmp_path, dev_trials=dev))[-1]
+    assert options(export)["dev_trials"] == dev
+    assert options(export)["data_folder"] == str(tmp_path / "wav")
+    # The demo calibrates on the built-in corpus's development speakers.
+    with open(ROOT / "hparams" / "demo.yaml", encoding="utf-8") as f:
+        demo = load_hyperpyyaml(
+            f, f"output_folder: {json.dumps(str(tmp_path))}"
+        )
+    export = pipeline.plan_stages(demo)[-1]
+    assert options(export)["dev_trials"] == str(
+        tmp_path / "corpus" / "dev_trials.txt"
+    )
+    assert demo["dev_trials"] != demo["trials"]
 
 
 def test_plan_without_lmft_exports_the_last_round(tmp_path):
@@ -243,6 +265,23 @@ def test_ecapa_encoder_refuses_external_embeddings(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_on_another_corpus_needs_its_development_trials(tmp_path):
+    with pytest.raises(SystemExit) as error:
+        pipeline.main(
+            [
+                str(ROOT / "hparams" / "demo.yaml"),
+                f"--output_folder={tmp_path / 'out'}",
+                f"--data_folder={tmp_path / 'wav'}",
+                f"--train_list={tmp_path / 'list.txt'}",
+                f"--trials={tmp_path / 'trials.txt'}",
+            ]
+        )
+    message = str(error.value.code)
+    assert "dev_trials=" in message and "--dev_trials=null" in message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage_selection_checks_names(tmp_path):
     stages = pipeline.plan_stages(hparams_for(tmp_path))
     reset, run = pipeline.select_stages(stages, None, "round2")
@@ -312,7 +351,7 @@ def fake_outputs(stages, runner, tmp_path):
     for stage in stages:
         os.makedirs(stage.folder, exist_ok=True)
     with open(os.path.join(by_name["dino"].folder, "eval.json"), "w") as f:
-        json.dump({"EER": eer["dino"], "minDCF_0.01": 0.9}, f)
+        json.dump({"EER": eer["dino"], "minDCF_0.01": 0.9, "n_trials": 40}, f)
     for source, value in nmi.items():
         folder = by_name[f"pseudo_labels_{source}"].folder
         with open(os.path.join(folder, "labels.txt.json"), "w") as f:
@@ -322,7 +361,13 @@ def fake_outputs(stages, runner, tmp_path):
         methods = {"cosine": {"EER": eer[source] + 1}}
         with open(os.path.join(folder, "metrics.json"), "w") as f:
             json.dump(
-                {"EER": eer[source], "minDCF_0.01": 0.5, "methods": methods},
+                {
+                    "EER": eer[source],
+                    "minDCF_0.01": 0.5,
+                    "methods": methods,
+                    "main_method": "reference",
+                    "n_trials": 40,
+                },
                 f,
             )
     epochs = [
@@ -354,6 +399,14 @@ def fake_outputs(stages, runner, tmp_path):
         json.dump(epochs, f)
     for stage in stages:
         runner.run(python_stage(tmp_path, stage.name, "pass", stage.row))
+    # Known wall times: 1 s per stage, plus 0.1 s per stage index.
+    for index, stage in enumerate(stages):
+        path = runner.marker(stage.name)
+        with open(path) as f:
+            info = json.load(f)
+        info["wall_s"] = 1.0 + 0.1 * index
+        with open(path, "w") as f:
+            json.dump(info, f)
 
 
 def test_summary_rows_json_markdown_and_plot(tmp_path):
@@ -380,7 +433,9 @@ def test_summary_rows_json_markdown_and_plot(tmp_path):
     table = pipeline.write_summary(rows, hparams["output_folder"])
     out = pathlib.Path(hparams["output_folder"])
     saved = json.loads((out / "summary.json").read_text())
-    assert saved == rows
+    # Floats rounded to 8 significant digits (0.8 - 0.1 is saved as 0.7).
+    assert saved == round_floats(rows)
+    assert saved[0]["purity"] == 0.7
     assert set(saved[0]) == set(pipeline.SUMMARY_KEYS)
     assert {"stage", "NMI", "EER", "minDCF_0.01", "wall_s"} <= set(saved[0])
     assert (out / "summary.md").read_text().strip() == table
@@ -390,6 +445,86 @@ def test_summary_rows_json_markdown_and_plot(tmp_path):
         "degenerate (why) |" in table
     )
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_splits_times_and_names_scoring_and_units(tmp_path):
+    import matplotlib.pyplot as plt
+
+    hparams = hparams_for(tmp_path)
+    stages = pipeline.plan_stages(hparams)
+    runner = pipeline.StageRunner(hparams["output_folder"])
+    fake_outputs(stages, runner, tmp_path)
+    rows = {
+        row["stage"]: row for row in pipeline.collect_summary(stages, runner)
+    }
+    wall = {stage.name: 1.0 + 0.1 * i for i, stage in enumerate(stages)}
+    round1 = rows["round1"]
+    assert round1["train_s"] == round(wall["round1"], 1)
+    assert round1["eval_s"] == round(wall["eval_round1"], 1)
+    assert round1["embed_s"] == round(wall["embeddings_round1"], 1)
+    assert round1["cluster_s"] == round(wall["pseudo_labels_round1"], 1)
+    assert round1["wall_s"] == round(
+        sum(
+            wall[n]
+            for n in (
+                "round1",
+                "eval_round1",
+                "embeddings_round1",
+                "pseudo_labels_round1",
+            )
+        ),
+        1,
+    )
+    assert rows["dino"]["train_s"] == round(wall["dino"], 1)
+    assert rows["dino"]["cluster_s"] == round(wall["pseudo_labels_dino"], 1)
+    assert rows["lmft"]["embed_s"] is None
+    assert rows["dino"]["scoring"] == "cosine (full-utterance cosine)"
+    assert rows["round1"]["scoring"] == "reference"
+    assert rows["round1"]["n_trials"] == 40
+
+    # JSON floats of 8 significant digits at most (38.800000000000004).
+    rows["round2"]["EER"] = 100 * 0.388
+    trials = str(tmp_path / "trials.txt")
+    table = pipeline.write_summary(list(rows.values()), str(tmp_path), trials)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved[2]["EER"] == 38.8
+    assert "38.800000000000004" not in (tmp_path / "summary.json").read_text()
+
+    # The Markdown says what the numbers are and in which units.
+    caption = table.splitlines()[0]
+    assert f"EER and minDCF on {trials} (40 trials)" in caption
+    assert "dino cosine (full-utterance cosine), round1 reference" in caption
+    assert "EER in percent" in caption and "P_target 0.01" in caption
+    assert "times in seconds" in caption
+    header = table.splitlines()[2]
+    for column in (
+        "EER (%)",
+        "minDCF (P_target 0.01)",
+        "train (s)",
+        "embed (s)",
+        "eval (s)",
+        "cluster (s)",
+        "total (s)",
+    ):
+        assert column in header
+
+    # The figure: axis labels and a title naming the trial list.
+    figure = pipeline.summary_figure(saved, trials)
+    nmi, eer_axis = figure.axes
+    assert nmi.get_xlabel() == eer_axis.get_xlabel() == "model (pipeline stage)"
+    assert nmi.get_ylabel() == "NMI against the true speakers"
+    assert eer_axis.get_ylabel() == "EER (%)"
+    assert [t.get_text() for t in eer_axis.get_xticklabels()] == [
+        "dino",
+        "round1",
+        "round2",
+        "lmft",
+    ]
+    assert figure._suptitle.get_text() == (
+        "EER on trials.txt (40 trials); scoring: cosine (full-utterance "
+        "cosine), reference"
+    )
+    plt.close(figure)
 
 
 def test_summary_of_an_unfinished_run_has_empty_cells(tmp_path):
@@ -448,3 +583,30 @@ def test_demo_generates_the_corpus_only_when_pointed_at_it(
         )
     pipeline.prepare_synthetic_corpus(demo)
     assert calls == [os.path.abspath(tmp_path / "d" / "corpus")]
+
+
+def test_runner_shows_progress_and_logs_plain_lines(tmp_path):
+    import io
+
+    # A stage with a real tqdm bar (on stderr) and a log line (stdout).
+    code = (
+        "import time\n"
+        "from tqdm import tqdm\n"
+        "print('starting', flush=True)\n"
+        "for _ in tqdm(range(5), mininterval=0):\n"
+        "    time.sleep(0.01)\n"
+        "print('done')\n"
+    )
+    console = io.StringIO()
+    runner = pipeline.StageRunner(str(tmp_path / "out"), console=console)
+    stage = python_stage(tmp_path, "bar", code)
+    runner.run(stage)
+    log = (tmp_path / "out" / "logs" / "bar.log").read_text()
+    command = f"$ {' '.join(stage.command)}\n"
+    assert log.startswith(command)
+    lines = log[len(command) :].splitlines()
+    assert lines[0] == "starting" and lines[-1] == "done"
+    assert lines[1].startswith("100%|") and "5/5" in lines[1]
+    assert len(lines) == 3 and "\r" not in log
+    # The console (not a terminal here) gets the same lines.
+    assert console.getvalue().splitlines() == lines

@@ -72,6 +72,7 @@ def command(corpus, output):
         "data_folder": corpus["data_folder"],
         "train_list": corpus["train_list"],
         "trials": corpus["trials"],
+        "dev_trials": corpus["dev_trials"],
         "noise_folder": corpus["noise_folder"],
         "rir_folder": corpus["rir_folder"],
         "output_folder": str(output),
@@ -193,6 +194,9 @@ def test_pipeline_end_to_end_with_an_interruption(tiny_corpus, tmp_path):
     assert rows[1]["purity"] is not None
     assert (output / "summary.md").exists()
     assert (output / "summary.png").exists()
+    # The threshold comes from the corpus's development trials.
+    info = json.loads((output / "export" / "export_info.json").read_text())
+    assert info["dev_trials"] == os.path.abspath(tiny_corpus["dev_trials"])
 
     from speechbrain.inference.speaker import SpeakerRecognition
     from speechbrain.utils.fetching import FetchConfig

@@ -99,6 +99,42 @@ def test_fewer_embeddings_than_clusters_reduces_with_warning(tmp_path, caplog):
     assert json.load(open(output + ".json"))["kmeans_clusters"] == 10
 
 
+def test_the_reduction_is_a_marked_warning_on_the_command_line(tmp_path):
+    # In a subprocess: the script's own logging set-up (pytest's handlers
+    # would keep it from running in this process).
+    import subprocess
+    import sys
+
+    keys, x = corpus(n_speakers=2, per_speaker=5)
+    save_embeddings((keys, x), tmp_path / "e.pt")
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "recipes", "pseudo_label.py"),
+            HPARAMS,
+            f"--embeddings_file={tmp_path / 'e.pt'}",
+            f"--output_file={tmp_path / 'pl.txt'}",
+            "--n_clusters=50",
+            "--n_clusters_ahc=20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(
+        "WARNING: only 10 embeddings for 50 K-Means clusters" in line
+        for line in lines
+    ), result.stderr
+    assert any(
+        "WARNING: only 10 non-empty K-Means clusters for 20 AHC" in line
+        for line in lines
+    ), result.stderr
+    # Information stays unmarked.
+    assert not any("INFO" in line for line in lines), result.stderr
+
+
 def test_missing_placeholder_names_the_key_and_writes_nothing(tmp_path):
     with pytest.raises(SystemExit) as error:
         recipe.main([HPARAMS, f"--output_file={tmp_path / 'pl.txt'}"])

@@ -28,12 +28,14 @@ MICRO = dict(
     min_duration=0.5,
     max_duration=1.0,
     n_trials=2,
+    n_dev_speakers=2,
+    n_dev_trials=2,
     n_musan=1,
     musan_duration=0.5,
     n_rir_rooms=1,
     n_rirs=1,
 )
-UTTERANCE = re.compile(r"^id[01]\d{4}/[A-Za-z0-9_-]{11}/\d{5}\.wav$")
+UTTERANCE = re.compile(r"^id[012]\d{4}/[A-Za-z0-9_-]{11}/\d{5}\.wav$")
 
 
 def wav_files(folder):
@@ -50,10 +52,11 @@ def test_layout_formats_and_durations(tiny_corpus):
     speakers = {path.split("/")[0] for path in wavs}
     train = {s for s in speakers if s.startswith("id0")}
     test = {s for s in speakers if s.startswith("id1")}
-    assert (len(train), len(test)) == (8, 6)
-    assert len(wavs) == (8 + 6) * 2 * 3
+    dev = {s for s in speakers if s.startswith("id2")}
+    assert (len(train), len(test), len(dev)) == (8, 6, 3)
+    assert len(wavs) == (8 + 6 + 3) * 2 * 3
     videos = {path.rsplit("/", 1)[0] for path in wavs}
-    assert len(videos) == (8 + 6) * 2
+    assert len(videos) == (8 + 6 + 3) * 2
     for path in wavs:
         info = soundfile.info(os.path.join(tiny_corpus["data_folder"], path))
         assert (info.samplerate, info.channels) == (16000, 1)
@@ -76,6 +79,17 @@ def test_layout_formats_and_durations(tiny_corpus):
     for label, enrol, test_file in trials:
         assert enrol.startswith("id1") and test_file.startswith("id1")
         assert enrol in wavs and test_file in wavs
+        same = enrol.split("/")[0] == test_file.split("/")[0]
+        assert same == (label == "1")
+
+    # The development trials: other speakers than train and test ones.
+    with open(tiny_corpus["dev_trials"]) as f:
+        dev_trials = [line.split() for line in f]
+    assert len(dev_trials) == 20
+    assert sum(int(label) for label, _, _ in dev_trials) == 10
+    for label, enrol, test_file in dev_trials:
+        assert enrol in wavs and test_file in wavs
+        assert enrol.split("/")[0] in dev and test_file.split("/")[0] in dev
         same = enrol.split("/")[0] == test_file.split("/")[0]
         assert same == (label == "1")
         if same:
@@ -110,7 +124,7 @@ def test_deterministic_from_the_seed(tmp_path):
             first[key], second[key], files, shallow=False
         )
         assert (mismatch, errors) == ([], [])
-    for key in ("train_list", "trials"):
+    for key in ("train_list", "trials", "dev_trials"):
         assert filecmp.cmp(first[key], second[key], shallow=False)
     assert wav_files(first["data_folder"]) != wav_files(other["data_folder"])
 

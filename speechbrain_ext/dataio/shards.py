@@ -46,6 +46,10 @@ from speechbrain_ext.utils.io_utils import (
 
 logger = get_logger(__name__)
 
+#: Seconds between two progress lines of a process's shards (the last
+#: shard always logs one).
+SHARD_LOG_S = 30.0
+
 #: Fewest shards :func:`run_sharded` cuts a list into (when it has as many
 #: items), so that up to this many processes (8 nodes of 8 GPUs) all get
 #: work also on a small list.
@@ -392,10 +396,11 @@ def _work_on(
     fingerprint,
     sample_rate,
 ):
-    """Compute and save this process's shards, one ETA line each."""
+    """Compute and save this process's shards; an ETA line every 30 s."""
     rank, world_size = process_rank()
     total = sum(shard_costs[i] for i in mine)
     start, finished = time.perf_counter(), 0
+    logged = start
     for count, index in enumerate(mine, start=1):
         arrays = work(shards[index])
         _check_finite(arrays, shard_keys[index])
@@ -411,7 +416,10 @@ def _work_on(
             shard_path(folder, index),
         )
         finished += shard_costs[index]
-        elapsed = time.perf_counter() - start
+        now = time.perf_counter()
+        if count < len(mine) and now - logged < SHARD_LOG_S:
+            continue
+        logged, elapsed = now, now - start
         logger.info(
             "rank %d/%d: shard %d done (%d of %d here), %d files, "
             "%.3f h of audio; %.0fx real time, ETA %.0f s",

@@ -300,22 +300,3 @@ def load_embedding_model(source):
         "folder) nor an exported model folder (hyperparams.yaml + "
         "embedding_model.ckpt)"
     )
-
-
-def weights_fingerprint(folder, name="embedding_model"):
-    """Identify the weights file ``folder/<name>.ckpt`` (path, size, mtime).
-
-    Arguments
-    ---------
-    folder : str
-        The checkpoint or exported folder.
-    name : str
-        The recoverable's name.
-
-    Returns
-    -------
-    str
-    """
-    path = os.path.abspath(os.path.join(folder, f"{name}.ckpt"))
-    stat = os.stat(path)
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -13,17 +13,30 @@ file is written atomically; the folder loads offline with
 import json
 import os
 
+from speechbrain.utils.logger import get_logger
+
 from speechbrain_ext.lobes.ecapa_embedding import FbankECAPA
 from speechbrain_ext.pretrained.architecture import mhfa_arguments, model_yaml
-from speechbrain_ext.utils.io_utils import atomic_open, atomic_torch_save
+from speechbrain_ext.utils.io_utils import (
+    atomic_open,
+    atomic_torch_save,
+    round_floats,
+)
 from speechbrain_ext.verification.extraction import embed_full_utterances
-from speechbrain_ext.verification.metrics import eer, split_scores
+from speechbrain_ext.verification.metrics import (
+    collapse_warning,
+    eer,
+    score_spread,
+    split_scores,
+)
 from speechbrain_ext.verification.scoring import (
     check_files_exist,
     file_vectors,
     read_trials,
     score_trials,
 )
+
+logger = get_logger(__name__)
 
 DEFAULT_THRESHOLD = 0.25
 # The distribution that installs speechbrain_ext (pyproject.toml).
@@ -235,6 +248,9 @@ def calibrate_threshold(model, trials, data_folder, **kwargs):
 
     Scores are what ``verify_batch`` computes: the cosine of full-utterance
     embeddings; ``score > threshold`` accepts, as SpeechBrain decides.
+    Nearly collapsed scores (see
+    :func:`speechbrain_ext.verification.metrics.collapse_warning`) are
+    reported with a WARNING giving their range.
 
     Arguments
     ---------
@@ -253,6 +269,9 @@ def calibrate_threshold(model, trials, data_folder, **kwargs):
     threshold : float
     eer_percent : float
         The EER on the list at that threshold.
+    spread : dict
+        The range of the scores
+        (:func:`speechbrain_ext.verification.metrics.score_spread`).
     """
     check_files_exist(trials.files, data_folder, trials.path)
     files = trials.files
@@ -263,7 +282,10 @@ def calibrate_threshold(model, trials, data_folder, **kwargs):
     scores = score_trials(file_vectors("cosine", full), enrol, test)
     positive, negative = split_scores(scores, trials.labels, trials.path)
     value, threshold = eer(positive, negative)
-    return threshold, 100 * value
+    warning = collapse_warning(scores, trials.path)
+    if warning:
+        logger.warning("%s; calibrated threshold %.6f", warning, threshold)
+    return threshold, 100 * value, score_spread(scores)
 
 
 def calibrate_on_dev_trials(
@@ -291,8 +313,9 @@ def calibrate_on_dev_trials(
     -------
     threshold : float
     info : dict
-        ``threshold_origin``, ``dev_trials`` and ``dev_EER_percent``, for
-        the ``info`` of :func:`export_model`.
+        ``threshold_origin``, ``dev_trials``, ``dev_EER_percent`` and
+        ``dev_score_range`` (lowest and highest score), for the ``info`` of
+        :func:`export_model`.
 
     Example
     -------
@@ -311,10 +334,12 @@ def calibrate_on_dev_trials(
     >>> threshold, info = calibrate_on_dev_trials(
     ...     model, os.path.join(folder, "trials.txt"), folder, progress=False)
     >>> info["threshold_origin"].startswith("EER point"), sorted(info)
-    (True, ['dev_EER_percent', 'dev_trials', 'threshold_origin'])
+    ... # doctest: +NORMALIZE_WHITESPACE
+    (True, ['dev_EER_percent', 'dev_score_range', 'dev_trials',
+            'threshold_origin'])
     """
     trials = read_trials(trials_file)
-    threshold, dev_eer = calibrate_threshold(
+    threshold, dev_eer, spread = calibrate_threshold(
         model.to(device), trials, data_folder, device=device, **kwargs
     )
     model.cpu()
@@ -325,6 +350,9 @@ def calibrate_on_dev_trials(
             f"({len(trials.labels)} trials, EER {dev_eer:.2f}%)"
         ),
         "dev_trials": path,
-        "dev_EER_percent": dev_eer,
+        # Rounded for reading (100 * 0.388 = 38.800000000000004); the
+        # threshold itself is stored exactly.
+        "dev_EER_percent": round_floats(dev_eer),
+        "dev_score_range": round_floats([spread["min"], spread["max"]]),
     }
     return threshold, info

@@ -351,3 +351,35 @@ def load_error(path, error):
     return CorruptFileError(
         f"{path}: not a torch file (unreadable as a checkpoint: {detail})"
     )
+
+
+def round_floats(value, digits=8):
+    """``value`` with every float rounded to ``digits`` significant digits.
+
+    For JSON meant to be read: ``100 * 0.388`` prints as
+    ``38.800000000000004``; 8 digits keep every figure derived from
+    float32 scores (about 7 significant digits) intact.
+
+    Arguments
+    ---------
+    value : object
+        Floats, and dicts / lists / tuples of them (other values unchanged).
+    digits : int
+        Significant digits kept.
+
+    Returns
+    -------
+    object
+
+    Example
+    -------
+    >>> round_floats({"EER": 100 * 0.388, "n": 3, "t": [0.1 + 0.2, None]})
+    {'EER': 38.8, 'n': 3, 't': [0.3, None]}
+    """
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {key: round_floats(item, digits) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_floats(item, digits) for item in value]
+    return value

@@ -7,7 +7,6 @@ True
 """
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -38,6 +37,7 @@ from speechbrain_ext.utils.io_utils import (
     OutputWriteError,
     UnsafeCheckpointError,
 )
+from speechbrain_ext.utils.stage_logging import setup_stage_logging
 
 #: Bad-input errors of every stage that loads a model and reads audio.
 MODEL_INPUT_ERRORS = (
@@ -411,7 +411,7 @@ def run_stage(argv, stage, errors, distributed=False):
     4
     """
     _, run_opts, _, hparams = load_stage_hparams(argv, distributed)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_stage_logging()
     with exit_on_input_errors(errors):
         result = stage(
             hparams,

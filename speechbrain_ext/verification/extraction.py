@@ -13,6 +13,7 @@ Example
 [[1, 3], [2, 0]]
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +44,46 @@ logger = get_logger(__name__)
 
 #: Samples per second of every audio file the recipe reads.
 SAMPLE_RATE = 16000
+
+
+def model_digest(model, architecture=""):
+    """A SHA-256 of a model's weights and architecture: the cache key.
+
+    Two models with equal tensors (names, dtypes, shapes, values) and the
+    same ``architecture`` text embed alike, wherever their weights were
+    loaded from: a training checkpoint and its exported folder share one
+    digest, so their cached embeddings are shared too.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The embedding model.
+    architecture : str
+        What else decides its outputs (e.g. the exported ``hyperparams.yaml``
+        text of :func:`speechbrain_ext.pretrained.export.model_yaml`).
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Example
+    -------
+    >>> a, b = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> model_digest(a) == model_digest(b)
+    True
+    >>> model_digest(a) == model_digest(a, "another architecture")
+    False
+    """
+    digest = hashlib.sha256(architecture.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(
+            f"\n{name} {tensor.dtype} {list(tensor.shape)}\n".encode()
+        )
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def resolve_batch_size(value, device, gpu_value):
@@ -199,8 +240,21 @@ def audio_lengths(paths, max_samples=None, min_samples=WAVLM_MIN_SAMPLES):
     return lengths
 
 
-def _run(model, dataset, n_items, device, num_workers, progress, description):
-    """Embed every batch of ``dataset``; return ``(indices, embeddings)``."""
+def _run(
+    model,
+    dataset,
+    n_items,
+    device,
+    num_workers,
+    progress,
+    description,
+    log_summary=True,
+):
+    """Embed every batch of ``dataset``; return ``(indices, embeddings)``.
+
+    The bar disappears when done (the log keeps the throughput line, when
+    ``log_summary``).
+    """
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
@@ -211,7 +265,11 @@ def _run(model, dataset, n_items, device, num_workers, progress, description):
     all_indices, all_embeddings = [], []
     start = time.perf_counter()
     bar = tqdm(
-        total=n_items, desc=description, unit="utt", disable=not progress
+        total=n_items,
+        desc=description,
+        unit="utt",
+        disable=not progress,
+        leave=False,
     )
     model.eval()
     with torch.inference_mode(), bar:
@@ -223,13 +281,14 @@ def _run(model, dataset, n_items, device, num_workers, progress, description):
             all_embeddings.append(embeddings.float().cpu())
             bar.update(len(indices))
     elapsed = time.perf_counter() - start
-    logger.info(
-        "%s: %d utterances in %.1f s (%.1f utt/s)",
-        description,
-        n_items,
-        elapsed,
-        n_items / max(elapsed, 1e-9),
-    )
+    if log_summary:
+        logger.info(
+            "%s: %d utterances in %.1f s (%.1f utt/s)",
+            description,
+            n_items,
+            elapsed,
+            n_items / max(elapsed, 1e-9),
+        )
     return torch.cat(all_indices), torch.cat(all_embeddings)
 
 
@@ -243,6 +302,7 @@ def embed_full_utterances(
     num_workers=0,
     progress=True,
     lengths=None,
+    log_summary=True,
 ):
     """One embedding per file from the whole (capped) utterance, batched.
 
@@ -268,6 +328,8 @@ def embed_full_utterances(
         Show a progress bar (utterances/s).
     lengths : sequence of int, optional
         Known lengths (samples, capped); read from the headers otherwise.
+    log_summary : bool
+        Log the throughput line (off inside shards: their own line says it).
 
     Returns
     -------
@@ -296,7 +358,14 @@ def embed_full_utterances(
     batches = length_batches(lengths, max_batch_size, max_batch_samples)
     dataset = _FullUtterances(list(paths), batches, max_samples)
     indices, embeddings = _run(
-        model, dataset, len(paths), device, num_workers, progress, "full"
+        model,
+        dataset,
+        len(paths),
+        device,
+        num_workers,
+        progress,
+        "full",
+        log_summary,
     )
     result = torch.empty_like(embeddings)
     result[indices] = embeddings
@@ -312,6 +381,7 @@ def embed_crops(
     device="cpu",
     num_workers=0,
     progress=True,
+    log_summary=True,
 ):
     """``n_crops`` evenly spaced crop embeddings per file, batched.
 
@@ -336,6 +406,8 @@ def embed_crops(
         ``DataLoader`` workers reading audio.
     progress : bool
         Show a progress bar.
+    log_summary : bool
+        Log the throughput line (off inside shards: their own line says it).
 
     Returns
     -------
@@ -354,7 +426,14 @@ def embed_crops(
     dataset = _Crops(list(paths), batches, crop_samples, n_crops)
     # Batches hold consecutive files and the loader keeps their order.
     _, embeddings = _run(
-        model, dataset, len(paths), device, num_workers, progress, "crops"
+        model,
+        dataset,
+        len(paths),
+        device,
+        num_workers,
+        progress,
+        "crops",
+        log_summary,
     )
     return embeddings.reshape(len(paths), n_crops, -1).numpy()
 
@@ -422,6 +501,7 @@ def embed_in_shards(
                 max_samples=max_samples,
                 progress=show,
                 lengths=[lengths[i] for i in positions],
+                log_summary=False,
                 **kwargs,
             )
         }
@@ -501,7 +581,8 @@ def evaluation_embeddings(
     cache_path : str
         The cache file.
     fingerprint : str
-        Identifies the model weights.
+        Identifies the model: its weights and architecture
+        (:func:`model_digest`), not where they were loaded from.
     n_crops, crop_samples : int
         Evenly spaced crops per file and their length.
     max_samples : int or None
@@ -603,6 +684,7 @@ def _embed_new_files(
                 max_samples,
                 progress=progress,
                 lengths=[lengths[i] for i in positions],
+                log_summary=False,
                 **kwargs,
             ),
             "crops": embed_crops(
@@ -612,6 +694,7 @@ def _embed_new_files(
                 n_crops,
                 crop_files_per_batch,
                 progress=progress,
+                log_summary=False,
                 **common,
             ),
         }

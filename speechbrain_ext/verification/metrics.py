@@ -252,14 +252,75 @@ def det_points(positive, negative):
     return n_miss / positive.size, n_fa / negative.size
 
 
-def plot_det(curves, path, title="DET curve"):
-    """Draw DET curves (normal deviate axes) to a PNG file, atomically.
+def det_figure(curves, title="DET curve"):
+    """DET curves on normal deviate axes, as a matplotlib figure.
 
     Arguments
     ---------
     curves : dict
         ``name -> (positive_scores, negative_scores)``; the EER is added to
         each legend entry.
+    title : str
+        The figure title (say which model, stage, trial list and scoring).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Close it with ``matplotlib.pyplot.close`` when done.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> figure = det_figure(
+    ...     {"cosine": (rng.normal(1, 1, 50), rng.normal(0, 1, 50))}, "T")
+    >>> axes = figure.axes[0]
+    >>> axes.get_title(), axes.get_xlabel()
+    ('T', 'False alarm probability (%)')
+    >>> import matplotlib.pyplot as plt; plt.close(figure)
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    ticks = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+    clip = (1e-4, 1 - 1e-4)
+    figure, axes = plt.subplots(figsize=(5.5, 5.5))
+    worst_eer = 0.0
+    for name, (positive, negative) in curves.items():
+        p_miss, p_fa = det_points(positive, negative)
+        value, _ = eer(positive, negative)
+        worst_eer = max(worst_eer, value)
+        axes.plot(
+            norm.ppf(np.clip(p_fa, *clip)),
+            norm.ppf(np.clip(p_miss, *clip)),
+            label=f"{name}: EER {100 * value:.2f}%",
+        )
+    if worst_eer > 0.2:  # a weak system's curve runs beyond the usual 40 %
+        ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99]
+    positions = norm.ppf(ticks)
+    labels = [f"{100 * t:g}" for t in ticks]
+    axes.set_xticks(positions, labels)
+    axes.set_yticks(positions, labels)
+    axes.set_xlim(positions[0], positions[-1])
+    axes.set_ylim(positions[0], positions[-1])
+    axes.set_xlabel("False alarm probability (%)")
+    axes.set_ylabel("Miss probability (%)")
+    axes.set_title(title, fontsize="medium")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def plot_det(curves, path, title="DET curve"):
+    """Draw DET curves (see :func:`det_figure`) to a PNG file, atomically.
+
+    Arguments
+    ---------
+    curves : dict
+        ``name -> (positive_scores, negative_scores)``.
     path : str or os.PathLike
         The output PNG.
     title : str
@@ -274,39 +335,85 @@ def plot_det(curves, path, title="DET curve"):
     >>> os.path.getsize(path) > 0
     True
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.stats import norm
 
-    ticks = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
-    clip = (1e-4, 1 - 1e-4)
-    figure, axes = plt.subplots(figsize=(5, 5))
-    worst_eer = 0.0
-    for name, (positive, negative) in curves.items():
-        p_miss, p_fa = det_points(positive, negative)
-        value, _ = eer(positive, negative)
-        worst_eer = max(worst_eer, value)
-        axes.plot(
-            norm.ppf(np.clip(p_fa, *clip)),
-            norm.ppf(np.clip(p_miss, *clip)),
-            label=f"{name} (EER {100 * value:.2f}%)",
-        )
-    if worst_eer > 0.2:  # a weak system's curve runs beyond the usual 40 %
-        ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99]
-    positions = norm.ppf(ticks)
-    labels = [f"{100 * t:g}" for t in ticks]
-    axes.set_xticks(positions, labels)
-    axes.set_yticks(positions, labels)
-    axes.set_xlim(positions[0], positions[-1])
-    axes.set_ylim(positions[0], positions[-1])
-    axes.set_xlabel("False alarm probability (%)")
-    axes.set_ylabel("Miss probability (%)")
-    axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="best", fontsize="small")
-    figure.tight_layout()
+    figure = det_figure(curves, title)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
+
+
+#: Cosine scores of a working speaker model spread over tenths (VoxCeleb:
+#: non-targets around 0, targets around 0.6); when the 1st-99th percentile
+#: range of a trial list's scores is narrower than this, every utterance
+#: embeds in almost the same direction.
+COLLAPSE_SPREAD = 0.05
+
+
+def score_spread(scores):
+    """Range of scores: extremes and the 1st-99th percentile width.
+
+    Arguments
+    ---------
+    scores : array-like
+        Cosine scores of a trial list.
+
+    Returns
+    -------
+    dict
+        ``min``, ``max``, ``p1``, ``p99`` and ``spread`` (``p99 - p1``).
+
+    Example
+    -------
+    >>> score_spread(np.linspace(0.0, 1.0, 101))["spread"]
+    0.98
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    p1, p99 = np.percentile(scores, [1, 99])
+    return {
+        "min": float(scores.min()),
+        "max": float(scores.max()),
+        "p1": float(p1),
+        "p99": float(p99),
+        "spread": round(float(p99 - p1), 12),
+    }
+
+
+def collapse_warning(scores, source):
+    """A warning when cosine scores are nearly collapsed, else None.
+
+    Arguments
+    ---------
+    scores : array-like
+        Cosine scores of a trial list.
+    source : str
+        What was scored (named in the message).
+
+    Returns
+    -------
+    str or None
+        One line with the score range, or None when the scores spread
+        over at least :data:`COLLAPSE_SPREAD`.
+
+    Example
+    -------
+    >>> print(collapse_warning(np.linspace(0.996, 0.99997, 100), "dev.txt"))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    embeddings nearly collapsed: cosine scores on dev.txt lie in
+    0.99600-0.99997 (1st-99th percentile 0.99604-0.99993, width 0.00389 <
+    0.05): every utterance embeds in almost the same direction, so a fixed
+    threshold is fragile
+    >>> collapse_warning(np.linspace(-0.2, 0.9, 100), "dev.txt") is None
+    True
+    """
+    spread = score_spread(scores)
+    if spread["spread"] >= COLLAPSE_SPREAD:
+        return None
+    return (
+        f"embeddings nearly collapsed: cosine scores on {source} lie in "
+        f"{spread['min']:.5f}-{spread['max']:.5f} (1st-99th percentile "
+        f"{spread['p1']:.5f}-{spread['p99']:.5f}, width "
+        f"{spread['spread']:.5f} < {COLLAPSE_SPREAD}): every utterance "
+        "embeds in almost the same direction, so a fixed threshold is "
+        "fragile"
+    )

@@ -466,3 +466,36 @@ def score_methods(
                 scores, enrol, test, mean, std
             )
     return results
+
+
+def method_label(method, n_crops, top_k=None):
+    """A method name with what it scores, for plot legends and tables.
+
+    Arguments
+    ---------
+    method : str
+        A name of :data:`METHODS`, possibly with the ``_asnorm`` suffix.
+    n_crops : int
+        Crops per file (the ``reference`` method).
+    top_k : int, optional
+        AS-norm cohort size per file.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> method_label("reference", 15)
+    'reference (15x15 crops + full, cosine)'
+    >>> method_label("cosine_asnorm", 15, 300)
+    'cosine_asnorm (full utterance, cosine, AS-norm top 300)'
+    """
+    base, _, normalised = method.partition("_")
+    what = {
+        "reference": f"{n_crops}x{n_crops} crops + full, cosine",
+        "cosine": "full utterance, cosine",
+    }[base]
+    if normalised:
+        what += f", AS-norm top {top_k}"
+    return f"{method} ({what})"
