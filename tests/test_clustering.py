@@ -152,6 +152,20 @@ def test_connect_components_bridges_each_point_to_its_nearest_outsider():
     assert graph.nnz < connected.nnz <= first_round + 2 * len(points)
 
 
+def test_connect_components_searches_all_points_when_cells_hold_none():
+    """Two islands of 60 points: with one IVF cell visited, a point's cell
+    holds only its own island, so the bridges come from exact search."""
+    points, island = islands(n_levels=1, per_island=60)
+    graph = knn_connectivity(points, 10)
+    assert connected_components(graph, directed=False)[0] == 2
+    connected, _ = connect_components(points, graph, nprobe=1)
+    assert connected_components(connected, directed=False)[0] == 1
+    distances = ((points[:, None] - points[None]) ** 2).sum(2)
+    distances[island[:, None] == island[None]] = np.inf
+    nearest = distances.argmin(1)
+    assert np.all(connected[np.arange(len(points)), nearest] == 1)
+
+
 def test_connect_components_leaves_a_connected_graph_alone():
     points, _ = speakers(n_speakers=2, per_speaker=10)
     graph = knn_connectivity(points, 15)

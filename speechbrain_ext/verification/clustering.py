@@ -352,29 +352,25 @@ def knn_connectivity(points, n_neighbors, seed=0, nprobe=16, index=None):
     return _graph(rows, nbrs.ravel(), len(points))
 
 
-def _nearest_outside(points, members, index, n_bridges, flat):
+def _nearest_outside(index, points, members, n_bridges):
     """The ``n_bridges`` nearest points of each of ``members`` among the
-    points outside ``members`` (IVF search; exact search of all points
-    when the IVF cells visited hold no outside point)."""
+    points outside ``members`` in ``index`` (-1 where none is found)."""
     inside = faiss.IDSelectorBatch(members)
     outside = faiss.IDSelectorNot(inside)
-    params = faiss.SearchParametersIVF(sel=outside, nprobe=index.nprobe)
-    _, nbrs = index.search(points[members], n_bridges, params=params)
-    if (nbrs < 0).all():
-        if flat[0] is None:
-            flat[0] = faiss.IndexFlatL2(points.shape[1])
-            flat[0].add(points)
+    if isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=outside, nprobe=index.nprobe)
+    else:
         params = faiss.SearchParameters(sel=outside)
-        _, nbrs = flat[0].search(points[members], n_bridges, params=params)
-    return nbrs
+    return index.search(points[members], n_bridges, params=params)[1]
 
 
 def connect_components(points, graph, n_bridges=1, seed=0, nprobe=16):
     """Link the connected components of a neighbour graph into one.
 
     Boruvka-style rounds: every point of every component gets an edge to
-    its ``n_bridges`` nearest points outside its component (faiss search
-    with the component's points excluded), so that each round at least
+    its ``n_bridges`` nearest points outside its component (faiss IVF
+    search with the component's points excluded; exact search when the
+    cells visited hold no outside point), so that each round at least
     halves the number of components. Ward then merges across components
     along these bridges at their Ward cost, like full Ward, while the graph
     stays sparse: scikit-learn's own completion of a disconnected graph
@@ -417,14 +413,20 @@ def connect_components(points, graph, n_bridges=1, seed=0, nprobe=16):
     n_components, component = connected_components(graph, directed=False)
     first_count = n_components
     index = _ivf_index(points, seed, nprobe) if n_components > 1 else None
-    flat = [None]
+    flat = None
     while n_components > 1:
         order = np.argsort(component, kind="stable")
         bounds = np.searchsorted(component[order], np.arange(n_components + 1))
         rows, cols = [], []
         for start, stop in zip(bounds[:-1], bounds[1:]):
             members = order[start:stop]
-            nbrs = _nearest_outside(points, members, index, n_bridges, flat)
+            nbrs = _nearest_outside(index, points, members, n_bridges)
+            if (nbrs < 0).all():
+                # The IVF cells visited hold no outside point: search all.
+                if flat is None:
+                    flat = faiss.IndexFlatL2(points.shape[1])
+                    flat.add(points)
+                nbrs = _nearest_outside(flat, points, members, n_bridges)
             rows.append(np.repeat(members, nbrs.shape[1]))
             cols.append(nbrs.ravel())
         graph = graph + _graph(
