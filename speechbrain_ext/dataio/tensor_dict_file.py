@@ -51,17 +51,17 @@ class _NotFastPath(Exception):
     """The file needs ``torch.load`` (it is not refused for that)."""
 
 
-TensorRef = collections.namedtuple(
-    "TensorRef", "storage dtype numel offset size stride"
-)
+# First item of the tuples that stand for tensors (no pickle can make it).
+_TENSOR = object()
 
 
 def _tensor_ref(storage, offset, size, stride, requires_grad, hooks, *meta):
     """Stands in for ``torch._utils._rebuild_tensor_v2``: records where a
-    tensor's values are instead of building it."""
+    tensor's values are instead of building it, as ``(_TENSOR, storage key,
+    dtype, numel, offset, size, stride)`` (a plain tuple: fast)."""
     if not isinstance(storage, tuple):
         raise _NotFastPath("tensor without a storage")
-    return TensorRef(*storage, offset, tuple(size), tuple(stride))
+    return (_TENSOR, *storage, offset, size, stride)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -93,25 +93,28 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _row_starts(mapping, reader, file_size):
     """Byte offset of every row in the file; the dtype and dimension."""
     refs = list(mapping.values())
-    dtype = refs[0].dtype
-    dim = refs[0].size[-1] if refs[0].size else 0
+    _, _, dtype, _, _, first_size, _ = refs[0]
+    dim = first_size[-1] if first_size else 0
     shapes = ((dim,), (1, dim))
     records = {}
     starts = np.empty(len(refs), dtype=np.int64)
-    for row, ref in enumerate(refs):
+    for row, (mark, key, ref_dtype, numel, offset, size, stride) in enumerate(
+        refs
+    ):
         if (
-            ref.dtype != dtype
-            or ref.size not in shapes
+            mark is not _TENSOR
+            or ref_dtype != dtype
+            or size not in shapes
             or dim == 0
-            or ref.stride[-1] != 1
-            or not 0 <= ref.offset <= ref.numel - dim
+            or stride[-1] != 1
+            or not 0 <= offset <= numel - dim
         ):
-            raise _NotFastPath(f"tensor {ref}")
-        start = records.get(ref.storage)
+            raise _NotFastPath(f"tensor {size}, {stride}")
+        start = records.get(key)
         if start is None:
-            start = reader.get_record_offset(f"data/{ref.storage}")
-            records[ref.storage] = start
-        starts[row] = start + ref.offset * dtype.itemsize
+            start = reader.get_record_offset(f"data/{key}")
+            records[key] = start
+        starts[row] = start + offset * dtype.itemsize
     if (starts % dtype.itemsize).any() or (
         starts.max() + dim * dtype.itemsize > file_size
     ):
@@ -124,10 +127,9 @@ def _spot_check(reader, mapping, matrix):
     (catches a compressed archive, whose offsets are not raw values)."""
     refs = list(mapping.values())
     for row in (0, len(refs) - 1):
-        ref = refs[row]
-        record = reader.get_record(f"data/{ref.storage}")
-        values = np.frombuffer(record, dtype=ref.dtype)
-        values = values[ref.offset : ref.offset + matrix.shape[1]]
+        _, key, dtype, _, offset, _, _ = refs[row]
+        values = np.frombuffer(reader.get_record(f"data/{key}"), dtype=dtype)
+        values = values[offset : offset + matrix.shape[1]]
         if not np.array_equal(values.astype(np.float32), matrix[row]):
             raise _NotFastPath("storage records are not raw values")
 
@@ -170,7 +172,7 @@ def read_matrix(path):
             isinstance(mapping, dict)
             and mapping
             and all(isinstance(key, str) for key in mapping)
-            and all(isinstance(ref, TensorRef) for ref in mapping.values())
+            and all(type(ref) is tuple for ref in mapping.values())
         ):
             return None
         file_size = os.path.getsize(path)
