@@ -364,7 +364,9 @@ def _nearest_outside(index, points, members, n_bridges):
     return index.search(points[members], n_bridges, params=params)[1]
 
 
-def connect_components(points, graph, n_bridges=1, seed=0, nprobe=16):
+def connect_components(
+    points, graph, n_bridges=1, seed=0, nprobe=16, index=None
+):
     """Link the connected components of a neighbour graph into one.
 
     Boruvka-style rounds: every point of every component gets an edge to
@@ -389,6 +391,9 @@ def connect_components(points, graph, n_bridges=1, seed=0, nprobe=16):
         Seed of the IVF coarse cells.
     nprobe : int
         IVF cells visited per search.
+    index : faiss.IndexIVF or None
+        An IVF index of ``points`` to search (built here when ``None`` and
+        the graph has several components).
 
     Returns
     -------
@@ -412,7 +417,8 @@ def connect_components(points, graph, n_bridges=1, seed=0, nprobe=16):
     graph = scipy.sparse.csr_matrix(graph, dtype=np.float32)
     n_components, component = connected_components(graph, directed=False)
     first_count = n_components
-    index = _ivf_index(points, seed, nprobe) if n_components > 1 else None
+    if index is None and n_components > 1:
+        index = _ivf_index(points, seed, nprobe)
     flat = None
     while n_components > 1:
         order = np.argsort(component, kind="stable")
@@ -483,9 +489,11 @@ def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0, stats=None):
     connectivity = None
     if n_neighbors:
         start = time.perf_counter()
-        connectivity = knn_connectivity(centroids, n_neighbors, seed)
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        index = _ivf_index(centroids, seed, nprobe=16)
+        connectivity = knn_connectivity(centroids, n_neighbors, index=index)
         connectivity, n_components = connect_components(
-            centroids, connectivity, seed=seed
+            centroids, connectivity, index=index
         )
         logger.info(
             "Ward: %d-NN graph of %d centroids, %d connected component(s) "
