@@ -32,6 +32,7 @@ Example
 
 import collections
 import io
+import mmap
 import os
 import pickle
 
@@ -134,6 +135,30 @@ def _spot_check(reader, mapping, matrix):
             raise _NotFastPath("storage records are not raw values")
 
 
+def _gather_rows(path, starts, dtype, dim):
+    """Rows of ``dim`` values of ``dtype`` at byte offsets ``starts`` of
+    the file, as float32 ``[N, dim]``. The file is memory mapped and the
+    pages of each chunk of rows are dropped from the process once copied,
+    so that the mapped file does not add its size to the peak memory."""
+    matrix = np.empty((len(starts), dim), dtype=np.float32)
+    columns = np.arange(dim)
+    with (
+        open(path, "rb") as file,
+        mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+    ):
+        count = len(mapped) // dtype.itemsize
+        values = np.frombuffer(mapped, dtype=dtype, count=count)
+        for start in range(0, len(starts), ROWS_PER_CHUNK):
+            chunk = starts[start : start + ROWS_PER_CHUNK]
+            rows = chunk // dtype.itemsize
+            matrix[start : start + len(rows)] = values[rows[:, None] + columns]
+            low = chunk.min() // mmap.PAGESIZE * mmap.PAGESIZE
+            high = chunk.max() + dim * dtype.itemsize
+            mapped.madvise(mmap.MADV_DONTNEED, low, high - low)
+        del values
+    return matrix
+
+
 def read_matrix(path):
     """Keys and float32 matrix of a ``Dict[str, Tensor]`` file, or ``None``.
 
@@ -177,15 +202,7 @@ def read_matrix(path):
             return None
         file_size = os.path.getsize(path)
         starts, dtype, dim = _row_starts(mapping, reader, file_size)
-        values = np.memmap(
-            path, dtype=dtype, mode="r", shape=(file_size // dtype.itemsize,)
-        )
-        matrix = np.empty((len(starts), dim), dtype=np.float32)
-        columns = np.arange(dim)
-        for start in range(0, len(starts), ROWS_PER_CHUNK):
-            rows = starts[start : start + ROWS_PER_CHUNK] // dtype.itemsize
-            matrix[start : start + len(rows)] = values[rows[:, None] + columns]
-        del values
+        matrix = _gather_rows(path, starts, dtype, dim)
         _spot_check(reader, mapping, matrix)
     except (
         _NotFastPath,
