@@ -10,6 +10,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from speechbrain_ext.verification import clustering
 from speechbrain_ext.verification.clustering import (
     ahc_ward,
     cluster_metrics,
@@ -67,6 +68,19 @@ def test_fast_kmeans_matches_exact_kmeans():
     )
     assert fast_inertia <= exact_inertia * 1.01
     assert normalized_mutual_info_score(exact, fast) > 0.9
+
+
+def test_screening_is_float32_where_bf16_products_are_slow(monkeypatch):
+    """Without fast bf16 kernels (AVX2 CPUs: torch's fallback bf16 product
+    is hundreds of times slower) the shortlist is screened in float32, so
+    it is the exact nearest 8 (float64 here; random data has no ties
+    within float32 rounding, bf16's 8-bit mantissa reorders many)."""
+    monkeypatch.setattr(clustering, "fast_bf16_matmul", lambda device: False)
+    x, _ = speakers(spread=2.0)
+    centroids = x[::12].copy()
+    candidates, _ = clustering._global_candidates(x, centroids, 8, "cpu")
+    exact = ((x[:, None].astype(float) - centroids[None]) ** 2).sum(2)
+    assert np.array_equal(candidates, np.argsort(exact, axis=1)[:, :8])
 
 
 def test_pipeline_equals_sklearn_exact_pipeline_on_tiny_data():

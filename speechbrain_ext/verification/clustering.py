@@ -16,7 +16,8 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
   that no sample point reaches, which end as many extra singleton
   clusters); one pass of all points against all centroids that keeps each
   point's ``n_candidates`` nearest centroids (screened with bfloat16 matrix
-  products, a few times faster than float32 on CPUs with bf16 units, then
+  products, a few times faster than float32 on CPUs with bf16 units, float32
+  on the others, where torch's bf16 products are very slow; then
   re-ranked in float32); then Lloyd iterations in which each point only
   compares its own candidates (N * n_candidates * D per iteration instead
   of N * K * D). Assignment stays global: no point is confined to a coarse
@@ -92,19 +93,47 @@ def _update_centroids(x, labels, centroids):
     return counts
 
 
+def fast_bf16_matmul(device):
+    """Whether bfloat16 matrix products are fast on ``device``: on a GPU,
+    and on a CPU where oneDNN has bf16 kernels (AVX-512 and up). Elsewhere
+    (e.g. AVX2-only CPUs) torch falls back to a naive bf16 product,
+    hundreds of times slower than float32.
+
+    Arguments
+    ---------
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> fast_bf16_matmul("cuda")
+    True
+    """
+    if device != "cpu":
+        return True
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _global_candidates(x, centroids, n_candidates, device, chunk_size=4096):
     """The ``n_candidates`` nearest centroids of every point, best first.
 
     All centroids are screened with one matrix product per chunk, in
-    bfloat16 when ``n_candidates > 1`` (on CPUs with bf16 units a few times
-    faster than float32); the shortlist is then re-ranked with exact
+    bfloat16 when ``n_candidates > 1`` and :func:`fast_bf16_matmul` (on
+    CPUs with bf16 units a few times faster than float32), else in float32;
+    the shortlist is then re-ranked with exact
     float32 distances, so the nearest centroid is exact unless bf16 rounding
     pushes it out of the shortlist. Returns candidates ``[N, n]`` and the
     squared distance to the first one ``[N]``.
     """
     cent = torch.from_numpy(centroids).to(device)
     n_candidates = min(n_candidates, len(cent))
-    dtype = torch.bfloat16 if n_candidates > 1 else torch.float32
+    dtype = torch.float32
+    if n_candidates > 1 and fast_bf16_matmul(str(device)):
+        dtype = torch.bfloat16
     screen = torch.cat([-2.0 * cent, (cent * cent).sum(1, keepdim=True)], 1)
     screen = screen.to(dtype).T.contiguous()
     candidates = np.empty((len(x), n_candidates), dtype=np.int64)
