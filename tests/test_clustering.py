@@ -72,7 +72,7 @@ def test_fast_kmeans_matches_exact_kmeans():
 
 def test_screening_is_float32_where_bf16_products_are_slow(monkeypatch):
     """Without fast bf16 kernels (AVX2 CPUs: torch's fallback bf16 product
-    is hundreds of times slower) the shortlist is screened in float32, so
+    is ~70x slower) the shortlist is screened in float32, so
     it is the exact nearest 8 (float64 here; random data has no ties
     within float32 rounding, bf16's 8-bit mantissa reorders many)."""
     monkeypatch.setattr(clustering, "fast_bf16_matmul", lambda device: False)

@@ -97,7 +97,7 @@ def fast_bf16_matmul(device):
     """Whether bfloat16 matrix products are fast on ``device``: on a GPU,
     and on a CPU where oneDNN has bf16 kernels (AVX-512 and up). Elsewhere
     (e.g. AVX2-only CPUs) torch falls back to a naive bf16 product,
-    hundreds of times slower than float32.
+    ~70x slower than float32.
 
     Arguments
     ---------
