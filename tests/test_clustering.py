@@ -154,14 +154,16 @@ def test_connect_components_bridges_each_point_to_its_nearest_outsider():
     connected, n_components = connect_components(points, graph)
     assert n_components == n_before
     assert connected_components(connected, directed=False)[0] == 1
-    # The input edges are kept; the first round adds, for every point, an
+    # The input edges are kept; the first round adds, for every point
+    # outside the largest component (here the first of equal ones), an
     # edge to its nearest point in another component (exact search: the
     # index has one cell at this size); later rounds link the merged ones.
     assert (connected.multiply(graph) != graph).nnz == 0
     distances = ((points[:, None] - points[None]) ** 2).sum(2)
     distances[component[:, None] == component[None]] = np.inf
-    nearest = distances.argmin(1)
-    assert np.all(connected[np.arange(len(points)), nearest] == 1)
+    bridged = np.flatnonzero(component != 0)
+    nearest = distances[bridged].argmin(1)
+    assert np.all(connected[bridged, nearest] == 1)
     first_round = len(points) + graph.nnz
     assert graph.nnz < connected.nnz <= first_round + 2 * len(points)
 
@@ -176,8 +178,9 @@ def test_connect_components_searches_all_points_when_cells_hold_none():
     assert connected_components(connected, directed=False)[0] == 1
     distances = ((points[:, None] - points[None]) ** 2).sum(2)
     distances[island[:, None] == island[None]] = np.inf
-    nearest = distances.argmin(1)
-    assert np.all(connected[np.arange(len(points)), nearest] == 1)
+    bridged = np.flatnonzero(island == 1)  # island 0: the largest (first)
+    nearest = distances[bridged].argmin(1)
+    assert np.all(connected[bridged, nearest] == 1)
 
 
 def test_connect_components_leaves_a_connected_graph_alone():
