@@ -4,8 +4,9 @@
 Generates realistic synthetic embeddings (VoxCeleb2-like: 5,994 speakers,
 long-tailed utterance counts summing to 1,092,009, per-video session
 offsets, per-utterance noise levels; tuned so that the exact pipeline's NMI
-is about 0.95 and the cosine EER a few percent, as for DINO embeddings) and
-prints, in one run:
+is about 0.95 and the cosine EER a few percent, as for DINO embeddings;
+``--regime separated``: the well-separated speakers of later rounds, NMI
+>= 0.99, see :data:`REGIMES`) and prints, in one run:
 
 * on a subset (a fraction of the speakers and utterances, with the cluster
   counts scaled alike): the reference algorithm (scikit-learn KMeans to
@@ -13,10 +14,12 @@ prints, in one run:
   and ours (the defaults of ``hparams/pseudo_label.yaml``): wall time, peak
   extra RSS, NMI;
 * with ``--full``: ours alone at full scale through the command line
-  (embeddings file written with its cache, then
-  ``recipes/pseudo_label.py``): load / K-Means / AHC / write times, peak RSS
-  and NMI from its JSON report, and the wall time of the whole command
-  (Python start and imports included);
+  (embeddings file written as the reference does, one storage per
+  utterance and no cache beside it, then ``recipes/pseudo_label.py``, whose
+  load is thus a first load): load / K-Means / AHC times, peak RSS, NMI and
+  the connected components of the neighbour graph from its JSON report,
+  and the wall and CPU time of the whole command (Python start and imports
+  included);
 * with ``--full_baseline``: flat exact K-Means (3 iterations, float32) +
   graph Ward at full scale on the same embeddings (about half an hour on 2
   CPU cores), and ours' NMI difference to it.
@@ -24,7 +27,7 @@ prints, in one run:
 To run::
 
     python -m benchmarks.bench_clustering [--subset 0.0625] [--full]
-        [--full_baseline]
+        [--full_baseline] [--regime first_round|separated]
 
 (``--subset 0 --full``: full scale only.)
 """
@@ -33,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -41,10 +45,10 @@ import time
 
 import numpy as np
 import psutil
+import torch
 from sklearn.cluster import AgglomerativeClustering, KMeans
 
 from benchmarks.common import machine
-from speechbrain_ext.dataio.embeddings_io import save_embeddings
 from speechbrain_ext.verification.clustering import (
     ahc_ward,
     cluster_metrics,
@@ -54,6 +58,20 @@ from speechbrain_ext.verification.clustering import (
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOXCELEB2 = {"speakers": 5994, "utterances": 1092009}
+# Generator settings: "first_round" as DINO embeddings (exact-pipeline NMI
+# ~0.95, anisotropic spectrum); "separated" as the embeddings of later
+# rounds (NMI >= 0.99: isotropic, same-speaker cosine ~0.39, other-speaker
+# 0.00 +/- 0.044, no session offsets), whose K-Means centroids form
+# hundreds of islands in the neighbour graph.
+REGIMES = {
+    "first_round": {},
+    "separated": {
+        "spectrum": float("inf"),
+        "video_std": 0.0,
+        "noise_spread": 0.0,
+        "noise_std": 1.25,
+    },
+}
 
 
 def utterance_counts(rng, n_speakers, n_utterances, sigma=0.55, low=20):
@@ -104,7 +122,8 @@ def generate_embeddings(
 
     Every component has the same decaying spectrum (variance of dimension
     k proportional to ``1 / (1 + k / spectrum)``, so that the embeddings,
-    like real ones, are far from isotropic): a unit-norm speaker centre,
+    like first-round ones, are far from isotropic; ``inf``: isotropic): a
+    unit-norm speaker centre,
     plus a per-video session offset (``video_std``), plus per-utterance
     noise whose level is log-normal around ``noise_std``. The only big
     allocation is the output matrix.
@@ -280,7 +299,7 @@ def flat3_pipeline(matrix, n_clusters, n_clusters_ahc, seed):
     return ahc_ward(centroids[used], n_clusters_ahc, 10, seed)[labels]
 
 
-def subset_benchmark(fraction, seed):
+def subset_benchmark(fraction, seed, regime="first_round"):
     """Reference vs. flat-3 vs. ours on a fraction of the speakers.
 
     Arguments
@@ -288,6 +307,8 @@ def subset_benchmark(fraction, seed):
     fraction : float
         Fraction of speakers, utterances and clusters.
     seed : int
+    regime : str
+        A key of :data:`REGIMES`.
 
     Returns
     -------
@@ -298,19 +319,21 @@ def subset_benchmark(fraction, seed):
     n_utterances = round(VOXCELEB2["utterances"] * fraction)
     n_clusters, n_ahc = round(50000 * fraction), round(7500 * fraction)
     keys, matrix, speakers = generate_embeddings(
-        n_speakers, n_utterances, seed=seed
+        n_speakers, n_utterances, seed=seed, **REGIMES[regime]
     )
     print(
-        f"subset: {n_utterances} x {matrix.shape[1]}, {n_speakers} speakers, "
+        f"subset ({regime}): {n_utterances} x {matrix.shape[1]}, "
+        f"{n_speakers} speakers, "
         f"K-Means {n_clusters}, AHC {n_ahc}, cosine EER "
         f"{100 * cosine_eer(matrix, speakers):.2f}%",
         flush=True,
     )
+    stats = {}
     methods = {
         "reference (sklearn KMeans + full Ward)": reference_pipeline,
         "flat K-Means 3 it + graph Ward": flat3_pipeline,
         "ours (defaults)": lambda x, k, a, s: pseudo_label(
-            None, x, k, a, s, method="fast"
+            None, x, k, a, s, method="fast", stats=stats
         ),
     }
     rows = []
@@ -323,6 +346,7 @@ def subset_benchmark(fraction, seed):
                 "method": name,
                 "wall_s": time.perf_counter() - start,
                 "peak_extra_rss_gb": rss.peak_gb,
+                "graph_components": stats.pop("graph_components", None),
                 **cluster_metrics(speakers, labels),
             }
         )
@@ -330,8 +354,25 @@ def subset_benchmark(fraction, seed):
     return rows
 
 
-def full_benchmark(folder, seed, dim=512, fraction=1.0):
-    """Ours at full scale through the command line.
+def save_reference_format(keys, matrix, path):
+    """Save embeddings as the reference code does: a ``Dict[str, Tensor]``
+    with one storage per utterance, and no cache beside it (so that
+    :func:`~speechbrain_ext.dataio.embeddings_io.load_embeddings` reads
+    the file itself: a first load).
+
+    Arguments
+    ---------
+    keys : list of str
+    matrix : numpy.ndarray
+        ``[N, D]``.
+    path : str
+    """
+    rows = torch.from_numpy(matrix)
+    torch.save({key: row.clone() for key, row in zip(keys, rows)}, path)
+
+
+def full_benchmark(folder, seed, dim=512, fraction=1.0, regime="first_round"):
+    """Ours at full scale through the command line, first load included.
 
     Arguments
     ---------
@@ -343,6 +384,8 @@ def full_benchmark(folder, seed, dim=512, fraction=1.0):
     fraction : float
         Of the speakers, utterances and cluster counts (1: full scale;
         smaller only to check the script quickly).
+    regime : str
+        A key of :data:`REGIMES`.
 
     Returns
     -------
@@ -355,6 +398,7 @@ def full_benchmark(folder, seed, dim=512, fraction=1.0):
         round(VOXCELEB2["utterances"] * fraction),
         seed=seed,
         dim=dim,
+        **REGIMES[regime],
     )
     generate_s = time.perf_counter() - start
     print(
@@ -365,11 +409,11 @@ def full_benchmark(folder, seed, dim=512, fraction=1.0):
     )
     path = os.path.join(folder, "embeddings.pt")
     start = time.perf_counter()
-    save_embeddings((keys, matrix), path)
+    save_reference_format(keys, matrix, path)
     save_s = time.perf_counter() - start
     del keys, matrix, speakers
     output = os.path.join(folder, "labels.txt")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu_s()
     subprocess.run(
         [
             sys.executable,
@@ -389,11 +433,18 @@ def full_benchmark(folder, seed, dim=512, fraction=1.0):
         generate_s=generate_s,
         save_s=save_s,
         command_s=time.perf_counter() - start,
+        command_cpu_s=_children_cpu_s() - cpu,
     )
     return report
 
 
-def full_baseline(seed, dim=512):
+def _children_cpu_s():
+    """User + system CPU seconds of the finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def full_baseline(seed, dim=512, regime="first_round"):
     """Flat exact K-Means (3 iterations) + graph Ward at full scale.
 
     Arguments
@@ -403,13 +454,17 @@ def full_baseline(seed, dim=512):
         the clustering.
     dim : int
         Embedding dimension.
+    regime : str
+        A key of :data:`REGIMES`.
 
     Returns
     -------
     dict
         ``wall_s``, ``peak_extra_rss_gb`` and :func:`cluster_metrics`.
     """
-    _, matrix, speakers = generate_embeddings(seed=seed, dim=dim)
+    _, matrix, speakers = generate_embeddings(
+        seed=seed, dim=dim, **REGIMES[regime]
+    )
     start = time.perf_counter()
     with PeakRSS() as rss:
         labels = flat3_pipeline(matrix, 50000, 7500, seed)
@@ -433,16 +488,16 @@ def print_subset_table(fraction, rows):
     base = rows[0]
     print(
         f"\n| subset {fraction:g} | wall s | x ref | peak extra RSS GB "
-        "| NMI | dNMI vs ref | purity | inv. purity |"
+        "| NMI | dNMI vs ref | purity | inv. purity | graph components |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['method']} | {row['wall_s']:.1f} | "
             f"{row['wall_s'] / base['wall_s']:.2f} | "
             f"{row['peak_extra_rss_gb']:.2f} | {row['nmi']:.4f} | "
             f"{row['nmi'] - base['nmi']:+.4f} | {row['purity']:.4f} | "
-            f"{row['inverse_purity']:.4f} |"
+            f"{row['inverse_purity']:.4f} | {row['graph_components'] or '-'} |"
         )
 
 
@@ -464,34 +519,43 @@ def main(argv=None):
         help="scale of --full (below 1 only to check the script)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--regime", choices=sorted(REGIMES), default="first_round"
+    )
     parser.add_argument("--folder", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     print(machine(), flush=True)
+    print("load average at the start: %.1f %.1f %.1f" % os.getloadavg())
     if args.subset > 0:
         print_subset_table(
-            args.subset, subset_benchmark(args.subset, args.seed)
+            args.subset,
+            subset_benchmark(args.subset, args.seed, args.regime),
         )
     if args.full:
         folder = args.folder or tempfile.mkdtemp(prefix="bench_clustering_")
-        report = full_benchmark(folder, args.seed, args.dim, args.full_fraction)
+        report = full_benchmark(
+            folder, args.seed, args.dim, args.full_fraction, args.regime
+        )
         wall = report["wall_s"]
         print(
-            "\n| full scale (ours) | generate | save | load | K-Means | AHC "
-            "| total | whole command | peak RSS GB | NMI | clusters |"
+            "\n| full scale (ours, first load) | generate | save | load "
+            "| K-Means | AHC | total | whole command | its CPU s "
+            "| peak RSS GB | NMI | clusters | graph components |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         print(
-            f"| {report['utterances']} x {report['dim']} "
+            f"| {args.regime} {report['utterances']} x {report['dim']} "
             f"| {report['generate_s']:.0f} | {report['save_s']:.0f} "
             f"| {wall['load']:.0f} | {wall['kmeans']:.0f} "
             f"| {wall['ahc']:.0f} | {wall['total']:.0f} "
-            f"| {report['command_s']:.0f} "
+            f"| {report['command_s']:.0f} | {report['command_cpu_s']:.0f} "
             f"| {report['peak_rss_gb']:.2f} "
-            f"| {report['NMI']:.4f} | {report['clusters']} |"
+            f"| {report['NMI']:.4f} | {report['clusters']} "
+            f"| {report['ahc_graph_components']} |"
         )
     if args.full_baseline:
-        row = full_baseline(args.seed, args.dim)
+        row = full_baseline(args.seed, args.dim, args.regime)
         print(
             "\n| full scale, flat K-Means 3 it + graph Ward | wall s "
             "| peak extra RSS GB | NMI | purity | inv. purity |"
@@ -504,6 +568,8 @@ def main(argv=None):
             f"| {row['purity']:.4f} | {row['inverse_purity']:.4f} |"
             + (f" {report['NMI'] - row['nmi']:+.4f} |" if args.full else "")
         )
+
+    print("load average at the end: %.1f %.1f %.1f" % os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -227,6 +227,7 @@ def run(hparams, device="cpu"):
         "clusters": stats["n_clusters_ahc"],
         "cluster_size_histogram": size_histogram(labels),
         "kmeans_inertia": stats["inertia"],
+        "ahc_graph_components": stats.get("graph_components"),
         "NMI": metrics.get("nmi"),
         "purity": metrics.get("purity"),
         "inverse_purity": metrics.get("inverse_purity"),

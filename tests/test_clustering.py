@@ -1,16 +1,20 @@
 """Clustering: known answers, equivalence with scikit-learn, determinism."""
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from speechbrain_ext.verification import clustering
 from speechbrain_ext.verification.clustering import (
     ahc_ward,
     cluster_metrics,
+    connect_components,
     kmeans,
     knn_connectivity,
     pseudo_label,
@@ -66,6 +70,19 @@ def test_fast_kmeans_matches_exact_kmeans():
     assert normalized_mutual_info_score(exact, fast) > 0.9
 
 
+def test_screening_is_float32_where_bf16_products_are_slow(monkeypatch):
+    """Without fast bf16 kernels (AVX2 CPUs: torch's fallback bf16 product
+    is ~70x slower) the shortlist is screened in float32, so
+    it is the exact nearest 8 (float64 here; random data has no ties
+    within float32 rounding, bf16's 8-bit mantissa reorders many)."""
+    monkeypatch.setattr(clustering, "fast_bf16_matmul", lambda device: False)
+    x, _ = speakers(spread=2.0)
+    centroids = x[::12].copy()
+    candidates, _ = clustering._global_candidates(x, centroids, 8, "cpu")
+    exact = ((x[:, None].astype(float) - centroids[None]) ** 2).sum(2)
+    assert np.array_equal(candidates, np.argsort(exact, axis=1)[:, :8])
+
+
 def test_pipeline_equals_sklearn_exact_pipeline_on_tiny_data():
     x, truth = speakers(n_speakers=8, per_speaker=25, spread=0.6)
     ref = KMeans(40, n_init=1, random_state=0).fit(x)
@@ -94,6 +111,84 @@ def test_knn_connectivity_links_each_point_to_its_neighbours():
         [0, 0, 0, 0, 1],
         [0, 0, 0, 1, 0],
     ]
+
+
+def islands(n_levels=4, per_island=6, dim=8, seed=0):
+    """Tight islands of points, placed hierarchically: island ``g`` sits
+    at the sum over levels ``l`` of bit ``l`` of ``g`` times ``3**l``
+    along axis ``l``, so that full Ward merges pairs of islands, then
+    pairs of pairs, and so on. Returns the points and the island of each.
+    """
+    rng = np.random.default_rng(seed)
+    n_islands = 2**n_levels
+    bits = (np.arange(n_islands)[:, None] >> np.arange(n_levels)) & 1
+    centres = np.zeros((n_islands, dim))
+    centres[:, :n_levels] = bits * 3.0 ** np.arange(n_levels) * 10
+    island = np.repeat(np.arange(n_islands), per_island)
+    points = centres[island] + rng.normal(size=(len(island), dim)) * 0.1
+    return points.astype(np.float32), island
+
+
+@pytest.mark.parametrize("n_clusters", [2, 4, 7, 16, 30])
+def test_ward_on_a_graph_of_many_components_equals_full_ward(n_clusters):
+    points, island = islands()
+    # Each point's 5 nearest neighbours are the rest of its island: the
+    # graph falls apart into the 16 islands.
+    graph = knn_connectivity(points, 5)
+    assert connected_components(graph, directed=False)[0] == 16
+    full = AgglomerativeClustering(n_clusters, linkage="ward")
+    with warnings.catch_warnings():
+        # scikit-learn's completion of a disconnected graph (an edge per
+        # pair of components: quadratic) is what made Ward slow at scale.
+        warnings.filterwarnings("error", message=".*connected components")
+        ours = ahc_ward(points, n_clusters, n_neighbors=5)
+    # The same partition (label numbers may differ).
+    assert adjusted_rand_score(ours, full.fit_predict(points)) == 1.0
+
+
+def test_connect_components_bridges_each_point_to_its_nearest_outsider():
+    points, island = islands(n_levels=3, per_island=5)
+    graph = knn_connectivity(points, 4)
+    n_before, component = connected_components(graph, directed=False)
+    assert n_before == 8
+    connected, n_components = connect_components(points, graph)
+    assert n_components == n_before
+    assert connected_components(connected, directed=False)[0] == 1
+    # The input edges are kept; the first round adds, for every point
+    # outside the largest component (here the first of equal ones), an
+    # edge to its nearest point in another component (exact search: the
+    # index has one cell at this size); later rounds link the merged ones.
+    assert (connected.multiply(graph) != graph).nnz == 0
+    distances = ((points[:, None] - points[None]) ** 2).sum(2)
+    distances[component[:, None] == component[None]] = np.inf
+    bridged = np.flatnonzero(component != 0)
+    nearest = distances[bridged].argmin(1)
+    assert np.all(connected[bridged, nearest] == 1)
+    first_round = len(points) + graph.nnz
+    assert graph.nnz < connected.nnz <= first_round + 2 * len(points)
+
+
+def test_connect_components_searches_all_points_when_cells_hold_none():
+    """Two islands of 60 points: with one IVF cell visited, a point's cell
+    holds only its own island, so the bridges come from exact search."""
+    points, island = islands(n_levels=1, per_island=60)
+    graph = knn_connectivity(points, 10)
+    assert connected_components(graph, directed=False)[0] == 2
+    connected, _ = connect_components(points, graph, nprobe=1)
+    assert connected_components(connected, directed=False)[0] == 1
+    distances = ((points[:, None] - points[None]) ** 2).sum(2)
+    distances[island[:, None] == island[None]] = np.inf
+    bridged = np.flatnonzero(island == 1)  # island 0: the largest (first)
+    nearest = distances[bridged].argmin(1)
+    assert np.all(connected[bridged, nearest] == 1)
+
+
+def test_connect_components_leaves_a_connected_graph_alone():
+    points, _ = speakers(n_speakers=2, per_speaker=10)
+    graph = knn_connectivity(points, 15)
+    connected, n_components = connect_components(points, graph)
+    assert n_components == 1
+    assert (connected != graph).nnz == 0
 
 
 def test_metrics_by_hand():

@@ -16,7 +16,8 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
   that no sample point reaches, which end as many extra singleton
   clusters); one pass of all points against all centroids that keeps each
   point's ``n_candidates`` nearest centroids (screened with bfloat16 matrix
-  products, a few times faster than float32 on CPUs with bf16 units, then
+  products, a few times faster than float32 on CPUs with bf16 units, float32
+  on the others, where torch's bf16 products are very slow; then
   re-ranked in float32); then Lloyd iterations in which each point only
   compares its own candidates (N * n_candidates * D per iteration instead
   of N * K * D). Assignment stays global: no point is confined to a coarse
@@ -51,6 +52,7 @@ import faiss
 import numpy as np
 import scipy.sparse
 import torch
+from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
@@ -91,19 +93,47 @@ def _update_centroids(x, labels, centroids):
     return counts
 
 
+def fast_bf16_matmul(device):
+    """Whether bfloat16 matrix products are fast on ``device``: on a GPU,
+    and on a CPU where oneDNN has bf16 kernels (AVX-512 and up). Elsewhere
+    (e.g. AVX2-only CPUs) torch falls back to a naive bf16 product,
+    ~70x slower than float32.
+
+    Arguments
+    ---------
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> fast_bf16_matmul("cuda")
+    True
+    """
+    if device != "cpu":
+        return True
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _global_candidates(x, centroids, n_candidates, device, chunk_size=4096):
     """The ``n_candidates`` nearest centroids of every point, best first.
 
     All centroids are screened with one matrix product per chunk, in
-    bfloat16 when ``n_candidates > 1`` (on CPUs with bf16 units a few times
-    faster than float32); the shortlist is then re-ranked with exact
+    bfloat16 when ``n_candidates > 1`` and :func:`fast_bf16_matmul` (on
+    CPUs with bf16 units a few times faster than float32), else in float32;
+    the shortlist is then re-ranked with exact
     float32 distances, so the nearest centroid is exact unless bf16 rounding
     pushes it out of the shortlist. Returns candidates ``[N, n]`` and the
     squared distance to the first one ``[N]``.
     """
     cent = torch.from_numpy(centroids).to(device)
     n_candidates = min(n_candidates, len(cent))
-    dtype = torch.bfloat16 if n_candidates > 1 else torch.float32
+    dtype = torch.float32
+    if n_candidates > 1 and fast_bf16_matmul(str(device)):
+        dtype = torch.bfloat16
     screen = torch.cat([-2.0 * cent, (cent * cent).sum(1, keepdim=True)], 1)
     screen = screen.to(dtype).T.contiguous()
     candidates = np.empty((len(x), n_candidates), dtype=np.int64)
@@ -290,7 +320,31 @@ def _inertia(x, centroids, labels, chunk_size=65536):
     return total
 
 
-def knn_connectivity(points, n_neighbors, seed=0, nprobe=16):
+def _ivf_index(points, seed, nprobe):
+    """A faiss IVF (flat) index of ``points`` with ~4 sqrt(K) cells."""
+    n_points, dim = points.shape
+    n_lists = max(1, min(round(4 * math.sqrt(n_points)), n_points // 39))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, n_lists)
+    index.cp.seed = seed
+    index.train(points)
+    index.add(points)
+    index.nprobe = min(nprobe, n_lists)
+    return index
+
+
+def _graph(rows, cols, n_points):
+    """``[K, K]`` 0/1 csr matrix with ones at ``(rows, cols)``, ``cols``
+    of -1 (faiss' "not found") and self-loops left out."""
+    keep = (cols >= 0) & (cols != rows)
+    graph = scipy.sparse.csr_matrix(
+        (np.ones(keep.sum(), dtype=np.float32), (rows[keep], cols[keep])),
+        shape=(n_points, n_points),
+    )
+    graph.data[:] = 1.0
+    return graph
+
+
+def knn_connectivity(points, n_neighbors, seed=0, nprobe=16, index=None):
     """Sparse k-nearest-neighbour graph of ``points`` (faiss IVF search,
     approximate at scale).
 
@@ -304,6 +358,8 @@ def knn_connectivity(points, n_neighbors, seed=0, nprobe=16):
         Seed of the IVF coarse cells.
     nprobe : int
         IVF cells visited per search.
+    index : faiss.Index or None
+        An index of ``points`` to search (built here when ``None``).
 
     Returns
     -------
@@ -318,24 +374,115 @@ def knn_connectivity(points, n_neighbors, seed=0, nprobe=16):
     """
     points = np.ascontiguousarray(points, dtype=np.float32)
     n_neighbors = min(n_neighbors, len(points) - 1)
-    n_points, dim = points.shape
-    n_lists = max(1, min(round(4 * math.sqrt(n_points)), n_points // 39))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, n_lists)
-    index.cp.seed = seed
-    index.train(points)
-    index.add(points)
-    index.nprobe = min(nprobe, n_lists)
+    if index is None:
+        index = _ivf_index(points, seed, nprobe)
     _, nbrs = index.search(points, n_neighbors + 1)
     rows = np.repeat(np.arange(len(points)), nbrs.shape[1])
-    cols = nbrs.ravel()
-    keep = (cols >= 0) & (cols != rows)
-    return scipy.sparse.csr_matrix(
-        (np.ones(keep.sum(), dtype=np.float32), (rows[keep], cols[keep])),
-        shape=(len(points), len(points)),
-    )
+    return _graph(rows, nbrs.ravel(), len(points))
 
 
-def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0):
+def _nearest_outside(index, points, members, n_bridges):
+    """The ``n_bridges`` nearest points of each of ``members`` among the
+    points outside ``members`` in ``index`` (-1 where none is found)."""
+    inside = faiss.IDSelectorBatch(members)
+    outside = faiss.IDSelectorNot(inside)
+    if isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=outside, nprobe=index.nprobe)
+    else:
+        params = faiss.SearchParameters(sel=outside)
+    return index.search(points[members], n_bridges, params=params)[1]
+
+
+def connect_components(
+    points, graph, n_bridges=1, seed=0, nprobe=16, index=None
+):
+    """Link the connected components of a neighbour graph into one.
+
+    Boruvka-style rounds: every point of every component but the largest
+    gets an edge to its ``n_bridges`` nearest points outside its component
+    (faiss IVF search with the component's points excluded; exact search
+    when the cells visited hold no outside point), so that each round at
+    least halves the number of components (the edges are undirected: the
+    largest one, often a giant component, is reached by the others). Ward
+    then merges across components along these bridges at their Ward cost,
+    like full Ward, while the graph
+    stays sparse: scikit-learn's own completion of a disconnected graph
+    adds an edge for every pair of components (quadratic in their number,
+    1,268 components of 50,000 centroids took minutes and gigabytes).
+
+    Arguments
+    ---------
+    points : numpy.ndarray
+        float32 ``[K, D]``.
+    graph : scipy.sparse.spmatrix
+        ``[K, K]`` neighbour graph (directions ignored).
+    n_bridges : int
+        Outside neighbours per point per round.
+    seed : int
+        Seed of the IVF coarse cells.
+    nprobe : int
+        IVF cells visited per search.
+    index : faiss.IndexIVF or None
+        An IVF index of ``points`` to search (built here when ``None`` and
+        the graph has several components).
+
+    Returns
+    -------
+    graph : scipy.sparse.csr_matrix
+        ``[K, K]``, the input graph plus the bridges: one component.
+    n_components : int
+        The number of components of the input graph.
+
+    Example
+    -------
+    >>> points = np.array([[0.0], [1.0], [5.0], [6.0]], dtype="float32")
+    >>> graph, n_components = connect_components(
+    ...     points, knn_connectivity(points, 1)
+    ... )
+    >>> n_components, connected_components(graph)[0]
+    (2, 1)
+    >>> graph[2, 1], graph[3, 1]  # {2, 3} to its nearest outside point
+    (np.float32(1.0), np.float32(1.0))
+    """
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    graph = scipy.sparse.csr_matrix(graph, dtype=np.float32)
+    n_components, component = connected_components(graph, directed=False)
+    first_count = n_components
+    if index is None and n_components > 1:
+        index = _ivf_index(points, seed, nprobe)
+    flat = None
+    while n_components > 1:
+        order = np.argsort(component, kind="stable")
+        bounds = np.searchsorted(component[order], np.arange(n_components + 1))
+        rows, cols = [], []
+        largest = np.argmax(np.diff(bounds))
+        for start, stop in np.delete(
+            np.stack([bounds[:-1], bounds[1:]], 1), largest, 0
+        ):
+            members = order[start:stop]
+            nbrs = _nearest_outside(index, points, members, n_bridges)
+            if (nbrs < 0).all():
+                # The IVF cells visited hold no outside point: search all.
+                if flat is None:
+                    flat = faiss.IndexFlatL2(points.shape[1])
+                    flat.add(points)
+                nbrs = _nearest_outside(flat, points, members, n_bridges)
+            rows.append(np.repeat(members, nbrs.shape[1]))
+            cols.append(nbrs.ravel())
+        graph = graph + _graph(
+            np.concatenate(rows), np.concatenate(cols), len(points)
+        )
+        graph.data[:] = 1.0
+        n_components, component = connected_components(graph, directed=False)
+        logger.info(
+            "neighbour graph: bridged %d components into %d",
+            len(bounds) - 1,
+            n_components,
+        )
+    return graph, first_count
+
+
+def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0, stats=None):
     """Ward agglomerative clustering of centroids into ``n_clusters``.
 
     Arguments
@@ -346,10 +493,15 @@ def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0):
         Number of clusters wanted (at most K).
     n_neighbors : int or None
         Merge only along a ``n_neighbors``-nearest-neighbour graph of the
-        centroids (scikit-learn's ``connectivity``); ``None`` or 0 runs full
-        Ward (quadratic memory: only for small K).
+        centroids (scikit-learn's ``connectivity``), its components linked
+        by :func:`connect_components`; ``None`` or 0 runs full Ward
+        (quadratic memory: only for small K).
     seed : int
         Seed of the approximate neighbour search.
+    stats : dict or None
+        If given and a graph is used, ``graph_components`` is set to the
+        number of connected components of the neighbour graph (before
+        linking).
 
     Returns
     -------
@@ -370,7 +522,23 @@ def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0):
         return np.arange(len(centroids))
     connectivity = None
     if n_neighbors:
-        connectivity = knn_connectivity(centroids, n_neighbors, seed)
+        start = time.perf_counter()
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        index = _ivf_index(centroids, seed, nprobe=16)
+        connectivity = knn_connectivity(centroids, n_neighbors, index=index)
+        connectivity, n_components = connect_components(
+            centroids, connectivity, index=index
+        )
+        logger.info(
+            "Ward: %d-NN graph of %d centroids, %d connected component(s) "
+            "(%.1f s)",
+            n_neighbors,
+            len(centroids),
+            n_components,
+            time.perf_counter() - start,
+        )
+        if stats is not None:
+            stats["graph_components"] = n_components
     model = AgglomerativeClustering(
         n_clusters=n_clusters,
         linkage="ward",
@@ -541,9 +709,9 @@ def pseudo_label(
     )
     start = time.perf_counter()
     if n_clusters_ahc and n_clusters_ahc < len(used):
-        labels = ahc_ward(centroids[used], n_clusters_ahc, n_neighbors, seed)[
-            labels
-        ]
+        labels = ahc_ward(
+            centroids[used], n_clusters_ahc, n_neighbors, seed, stats
+        )[labels]
     elif n_clusters_ahc > len(used):
         logger.warning(
             "only %d non-empty K-Means clusters for %d AHC clusters: "
