@@ -6,31 +6,37 @@ clean view before label correction (LC) and, once LC is on, embeds only the
 rejected samples' clean views without gradients. Both use the same weights,
 batch, gate threshold and loss code; the loss values must agree.
 
+The model, head, loss, gate, optimiser, LR scheduler and run options come
+from ``hparams/round1.yaml`` (a random WavLM of the chosen size), so both
+steps are the recipe's :class:`train.PseudoLabelBrain` step.
+
 CPU default: a mid-size WavLM (Base+ layout with 256 conv channels, 4
-layers of width 384, 6 heads, FFN 1536) and MHFA 16 heads x 64, batch 8 of
-3 s crops, no dropout; Base+ itself is too slow for repeated steps on a
-shared 2-core machine (``--size base_plus`` runs it). On CUDA it also times
-our step in bf16.
+layers of width 384, 6 heads, FFN 1536) and MHFA 16 heads x 64, 1,000
+classes, batch 8 of 3 s crops, no dropout; Base+ itself is too slow for
+repeated steps on a shared 2-core machine (``--size base_plus`` runs it;
+``--size tiny`` is the smoke test's). On CUDA it also times our step in
+bf16.
 
     python -m benchmarks.bench_train_step [--size mid] [--repeats 3]
 """
 
 import argparse
 import copy
-import functools
+import pathlib
 import statistics
+import tempfile
 import time
 
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 
 from benchmarks.common import machine
-from speechbrain_ext.lobes.classifier import CosineClassifier
-from speechbrain_ext.nnet.aam import AAMCrossEntropy
-from speechbrain_ext.nnet.loss_gate import DynamicLossGate
-from speechbrain_ext.pretrained.model_factory import build_embedding_model
+from speechbrain_ext.nnet.aam import log_cross_entropy
+from speechbrain_ext.verification.training_diagnostics import label_truth
 from train import PseudoLabelBrain
 
+HPARAMS = pathlib.Path(__file__).resolve().parents[1] / "hparams/round1.yaml"
 NO_DROPOUT = dict(
     dropout=0.0,
     attention_dropout=0.0,
@@ -38,18 +44,65 @@ NO_DROPOUT = dict(
     encoder_layerdrop=0.0,
     dropout_input=0.0,
 )
+MHFA_16X64 = dict(mhfa_heads=16, mhfa_compression=64, emb_dim=256)
+#: Overrides of ``hparams/round1.yaml`` per model size.
 SIZES = {
-    "mid": dict(
-        conv_layers=((256, 10, 5),) + ((256, 3, 2),) * 4 + ((256, 2, 2),) * 2,
-        encoder_layers=4,
-        encoder_embed_dim=384,
-        encoder_ffn_embed_dim=1536,
-        encoder_attention_heads=6,
-        conv_pos_groups=16,
-        **NO_DROPOUT,
+    "tiny": dict(
+        wavlm_preset="tiny",
+        wavlm_overrides=NO_DROPOUT,
+        mhfa_heads=2,
+        mhfa_compression=4,
+        emb_dim=8,
+        n_classes=16,
     ),
-    "base_plus": dict(NO_DROPOUT),
+    "mid": dict(
+        wavlm_preset="base_plus",
+        wavlm_overrides=dict(
+            conv_layers=[[256, 10, 5]] + [[256, 3, 2]] * 4 + [[256, 2, 2]] * 2,
+            encoder_layers=4,
+            encoder_embed_dim=384,
+            encoder_ffn_embed_dim=1536,
+            encoder_attention_heads=6,
+            conv_pos_groups=16,
+            **NO_DROPOUT,
+        ),
+        n_classes=1000,
+        **MHFA_16X64,
+    ),
+    "base_plus": dict(
+        wavlm_preset="base_plus",
+        wavlm_overrides=NO_DROPOUT,
+        n_classes=1000,
+        **MHFA_16X64,
+    ),
 }
+
+
+def load_hparams(size, output_folder):
+    """The recipe's training hparams with a random WavLM of ``size``.
+
+    Arguments
+    ---------
+    size : str
+        A key of :data:`SIZES`.
+    output_folder : str
+        Where the recipe's logger and checkpointer would write (nothing is
+        written by the benchmark).
+
+    Returns
+    -------
+    dict
+        Loaded ``hparams/round1.yaml``.
+    """
+    overrides = {
+        "data_folder": "unused",
+        "train_list": "unused",
+        "pretrained_wavlm": None,
+        "output_folder": output_folder,
+        **SIZES[size],
+    }
+    with open(HPARAMS, encoding="utf-8") as f:
+        return load_hyperpyyaml(f, overrides)
 
 
 class ReferenceStepBrain(PseudoLabelBrain):
@@ -93,39 +146,77 @@ class ReferenceStepBrain(PseudoLabelBrain):
         return self._clean[index]
 
 
-def make_brain(cls, model, head, device, precision):
-    """A Brain around copies of the model and head."""
-    hparams = dict(
-        seed=0,
-        aam_loss=AAMCrossEntropy(0.2, 30.0),
-        loss_gate=DynamicLossGate(start_epoch=5),
-        lc_start_epoch=9,
-        lc_temperature=0.1,
-        lc_min_prob=0.5,
-        l2sp_weight=0.01,
-        l2sp_eps=1e-5,
-        lr_backend=5e-3,
-        lr_wavlm=2e-5,
-        llrd=1.0,
-        lr_scheduler=functools.partial(
-            torch.optim.lr_scheduler.ExponentialLR, gamma=0.95
-        ),
+def make_brain(cls, hparams, device, precision):
+    """A Brain of the recipe around copies of its model, head and gate.
+
+    Arguments
+    ---------
+    cls : type
+        :class:`train.PseudoLabelBrain` or :class:`ReferenceStepBrain`.
+    hparams : dict
+        From :func:`load_hparams`; not modified.
+    device : str
+        Torch device.
+    precision : str
+        ``fp32`` or ``bf16``.
+
+    Returns
+    -------
+    PseudoLabelBrain
+    """
+    own = copy.deepcopy(
+        {
+            "modules": hparams["modules"],
+            "loss_gate": hparams["loss_gate"],
+        }
     )
     brain = cls(
-        modules={
-            "embedding_model": copy.deepcopy(model),
-            "classifier": copy.deepcopy(head),
-        },
-        opt_class=functools.partial(torch.optim.AdamW, weight_decay=0.01),
-        hparams=hparams,
+        modules=own["modules"],
+        opt_class=hparams["opt_class"],
+        hparams={**hparams, "loss_gate": own["loss_gate"]},
         run_opts={
             "device": device,
             "precision": precision,
-            "max_grad_norm": 1e6,
+            "max_grad_norm": hparams["max_grad_norm"],
         },
     )
     brain.modules.train()
     return brain
+
+
+def make_batch(size, crop):
+    """Random clean and augmented crops with the recipe's batch keys.
+
+    Arguments
+    ---------
+    size : int
+        Batch size (at most the number of classes: labels are 0..size-1).
+    crop : int
+        Samples per crop.
+
+    Returns
+    -------
+    PaddedBatch
+        The keys of ``train.dataio_prep``'s items.
+    """
+    labels = list(range(size))
+    paths = [f"{i}.wav" for i in labels]
+    right, speaker_label = label_truth(labels, paths)
+    return PaddedBatch(
+        [
+            {
+                "id": str(i),
+                "path": paths[i],
+                "clean": torch.randn(crop) * 0.1,
+                "aug": torch.randn(crop) * 0.1,
+                "ok": torch.tensor([True]),
+                "label": i,
+                "label_right": float(right[i]),
+                "speaker_label": int(speaker_label[i]),
+            }
+            for i in labels
+        ]
+    )
 
 
 def time_phase(brains, batch, epoch, threshold, repeats, device):
@@ -177,7 +268,13 @@ def time_phase(brains, batch, epoch, threshold, repeats, device):
 
 
 def main(argv=None):
-    """Run the benchmark and print the table."""
+    """Run the benchmark and print the table.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="mid")
     parser.add_argument("--batch", type=int, default=8)
@@ -188,44 +285,28 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = build_embedding_model(
-        None, "base_plus", 16, 64, 256, wavlm_overrides=SIZES[args.size]
-    )
-    head = CosineClassifier(256, 1000)
+    with tempfile.TemporaryDirectory() as output_folder:
+        hparams = load_hparams(args.size, output_folder)
     with torch.no_grad():
         # Larger class weights make label correction confident (it uses the
         # un-normalised weights), so its loss term is exercised too.
-        head.weight.mul_(200.0)
-    examples = [
-        {
-            "id": str(i),
-            "path": f"{i}.wav",
-            "clean": torch.randn(args.crop) * 0.1,
-            "aug": torch.randn(args.crop) * 0.1,
-            "ok": torch.tensor([True]),
-            "label": i,
-        }
-        for i in range(args.batch)
-    ]
-    batch = PaddedBatch(examples)
-    ours = make_brain(PseudoLabelBrain, model, head, device, "fp32")
+        hparams["classifier"].weight.mul_(200.0)
+    batch = make_batch(args.batch, args.crop)
+    ours = make_brain(PseudoLabelBrain, hparams, device, "fp32")
     with torch.no_grad():
         cosine = ours.compute_forward(batch, None)
         labels = batch.label.data.to(ours.device)
-        log_ce = ours.hparams.aam_loss(cosine, labels).log()
+        log_ce = log_cross_entropy(
+            ours.hparams.aam_loss.logits(cosine, labels), labels
+        )
     # A threshold that rejects a quarter of the batch (LC phase).
     threshold = float(log_ce.quantile(0.75))
     brains = {
-        "reference": make_brain(
-            ReferenceStepBrain, model, head, device, "fp32"
-        ),
+        "reference": make_brain(ReferenceStepBrain, hparams, device, "fp32"),
         "fp32": ours,
     }
     if device.startswith("cuda"):
-        brains["bf16"] = make_brain(
-            PseudoLabelBrain, model, head, device, "bf16"
-        )
+        brains["bf16"] = make_brain(PseudoLabelBrain, hparams, device, "bf16")
     brains = {
         name: (brain, copy.deepcopy(brain.modules.state_dict()))
         for name, brain in brains.items()

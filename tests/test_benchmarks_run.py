@@ -1,0 +1,42 @@
+"""The benchmark scripts still run on the current recipe (smallest sizes).
+
+Speed is not asserted here (see BENCHMARKS.md); only that each script runs
+end to end and prints its table.
+"""
+
+import pytest
+import torch
+
+from benchmarks import bench_train_step
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def table_rows(text):
+    """The data rows of the markdown table in ``text``, split into cells."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in lines[1:]
+    ]
+
+
+def test_train_step_benchmark_prints_its_table(capsys):
+    bench_train_step.main(
+        ["--size=tiny", "--batch=2", "--crop=4000", "--repeats=1"]
+    )
+    out = capsys.readouterr().out
+    assert "| phase | ours precision | reference s/step | ours s/step |" in out
+    rows = table_rows(out)
+    # On CUDA our step is also timed in bf16.
+    precisions = ["fp32", "bf16"] if torch.cuda.is_available() else ["fp32"]
+    assert [row[:2] for row in rows] == [
+        [phase, precision]
+        for phase in ("epochs 1-8 (no LC)", "epochs 9+ (LC)")
+        for precision in precisions
+    ]
+    for row in rows:
+        assert len(row) == 9
+        assert float(row[2]) > 0 and float(row[3]) > 0
+    # No label correction before its epoch, in either step.
+    assert rows[0][8] == "0 / 0"
