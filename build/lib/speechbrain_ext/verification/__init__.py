@@ -1,3 +1,0 @@
-"""Verification: embedding extraction, trial scoring, EER/minDCF, clustering
-into pseudo-labels and pseudo-label diagnostics.
-"""
