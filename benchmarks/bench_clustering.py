@@ -407,6 +407,7 @@ def full_benchmark(folder, seed, dim=512, fraction=1.0, regime="first_round"):
         f"{100 * cosine_eer(matrix, speakers):.2f}%",
         flush=True,
     )
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "embeddings.pt")
     start = time.perf_counter()
     save_reference_format(keys, matrix, path)

@@ -70,6 +70,50 @@ def test_fast_kmeans_matches_exact_kmeans():
     assert normalized_mutual_info_score(exact, fast) > 0.9
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_smallest_k_over_blocks_is_a_set_of_k_smallest(dtype):
+    # Compared with a full sort (float64): the values selected must be the
+    # k smallest ones, whatever the columns chosen among ties (bf16 has
+    # many); without ties (float32 random data) the columns are the same.
+    gen = torch.Generator().manual_seed(0)
+    for n_cols, block, k in ((600, 25, 8), (1000, 10, 3), (64, 8, 8)):
+        scores = torch.randn(50, n_cols, generator=gen).to(dtype)
+        columns = clustering.smallest_k(scores, k, block)
+        chosen = scores.gather(1, columns).double().sort(1).values
+        expected = scores.double().sort(1).values[:, :k]
+        assert torch.equal(chosen, expected)
+        assert all(len(set(row)) == k for row in columns.tolist())
+        if dtype == torch.float32:
+            reference = scores.double().argsort(1)[:, :k].sort(1).values
+            assert torch.equal(columns.sort(1).values, reference)
+
+
+def test_candidates_with_padded_blocks_are_the_nearest(monkeypatch):
+    """K = 301 centroids: blocks of 18 and 5 padding centroids that must
+    never be picked; float32 screening gives the exact nearest 8."""
+    monkeypatch.setattr(clustering, "fast_bf16_matmul", lambda device: False)
+    x, _ = speakers(n_speakers=30, per_speaker=40, spread=2.0)
+    centroids = x[::4][:301].copy()
+    candidates, dists = clustering._global_candidates(x, centroids, 8, "cpu")
+    exact = ((x[:, None].astype(float) - centroids[None]) ** 2).sum(2)
+    assert np.array_equal(candidates, np.argsort(exact, axis=1)[:, :8])
+    np.testing.assert_allclose(dists, exact.min(1), rtol=1e-4, atol=1e-3)
+
+
+def test_fast_kmeans_on_half_sample_converges_like_exact_kmeans():
+    x, _ = speakers(n_speakers=20, per_speaker=60, spread=1.0)
+    _, exact, exact_inertia = kmeans(x, 80, 10, seed=0, method="exact")
+    # Other initial centroids (drawn from the sample), so another local
+    # optimum: compare the inertia, and that the shortlists kept from the
+    # warm-up still lead to (nearly) every point's nearest centroid.
+    centroids, fast, fast_inertia = kmeans(
+        x, 80, 10, seed=0, method="fast", sample_fraction=0.5
+    )
+    assert fast_inertia <= exact_inertia * 1.01
+    exact_dist = ((x[:, None].astype(float) - centroids[None]) ** 2).sum(2)
+    assert np.mean(exact_dist.argmin(1) == fast) > 0.99
+
+
 def test_screening_is_float32_where_bf16_products_are_slow(monkeypatch):
     """Without fast bf16 kernels (AVX2 CPUs: torch's fallback bf16 product
     is ~70x slower) the shortlist is screened in float32, so

@@ -14,11 +14,12 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
   ``sample_fraction`` of the points and ``n_warmup`` Lloyd iterations on
   that sample (drawing them from all points instead leaves centroids
   that no sample point reaches, which end as many extra singleton
-  clusters); one pass of all points against all centroids that keeps each
-  point's ``n_candidates`` nearest centroids (screened with bfloat16 matrix
-  products, a few times faster than float32 on CPUs with bf16 units, float32
-  on the others, where torch's bf16 products are very slow; then
-  re-ranked in float32); then Lloyd iterations in which each point only
+  clusters); one pass of the other points against all centroids that keeps
+  each point's ``n_candidates`` nearest centroids (screened with bfloat16
+  matrix products, a few times faster than float32 on CPUs with bf16 units,
+  float32 on the others, where torch's bf16 products are very slow; then
+  re-ranked in float32), while the sample's points keep the shortlist of
+  their last warm-up pass; then Lloyd iterations in which each point only
   compares its own candidates (N * n_candidates * D per iteration instead
   of N * K * D). Assignment stays global: no point is confined to a coarse
   cell. Measured on synthetic VoxCeleb2-like embeddings, restricting points
@@ -118,13 +119,54 @@ def fast_bf16_matmul(device):
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def smallest_k(scores, k, block):
+    """Column indices of ``k`` smallest values of each row, unsorted.
+
+    Written by hand because ``torch.topk`` over 50,000 columns costs about
+    as much as the bf16 product that made the scores on a CPU: the rows
+    are cut into blocks of ``block`` columns, and the ``k`` blocks with
+    the smallest minima hold a set of ``k`` smallest values (each other
+    block's values are at least the largest of those ``k`` minima), so
+    ``topk`` runs on ``k * block`` columns only. The result is a valid
+    set of ``k`` smallest values, as ``topk``'s (ties may pick other
+    columns of equal value).
+
+    Arguments
+    ---------
+    scores : torch.Tensor
+        ``[N, C]`` with ``C`` a multiple of ``block`` (pad with ``inf``).
+    k : int
+        At most ``C // block``.
+    block : int
+        Columns per block.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 ``[N, k]``.
+
+    Example
+    -------
+    >>> scores = torch.tensor([[5.0, 1.0, 7.0, 0.0, 9.0, 2.0]])
+    >>> sorted(smallest_k(scores, 2, block=2)[0].tolist())
+    [1, 3]
+    """
+    n_rows, n_cols = scores.shape
+    blocks = scores.view(n_rows, n_cols // block, block)
+    _, best_blocks = blocks.amin(2).topk(k, 1, largest=False)
+    inside = blocks.gather(1, best_blocks[:, :, None].expand(-1, -1, block))
+    _, where = inside.reshape(n_rows, k * block).topk(k, 1, largest=False)
+    return best_blocks.gather(1, where // block) * block + where % block
+
+
 def _global_candidates(x, centroids, n_candidates, device, chunk_size=4096):
     """The ``n_candidates`` nearest centroids of every point, best first.
 
     All centroids are screened with one matrix product per chunk, in
     bfloat16 when ``n_candidates > 1`` and :func:`fast_bf16_matmul` (on
     CPUs with bf16 units a few times faster than float32), else in float32;
-    the shortlist is then re-ranked with exact
+    the shortlist (:func:`smallest_k` over blocks of about sqrt(K)
+    centroids) is then re-ranked with exact
     float32 distances, so the nearest centroid is exact unless bf16 rounding
     pushes it out of the shortlist. Returns candidates ``[N, n]`` and the
     squared distance to the first one ``[N]``.
@@ -135,6 +177,15 @@ def _global_candidates(x, centroids, n_candidates, device, chunk_size=4096):
     if n_candidates > 1 and fast_bf16_matmul(str(device)):
         dtype = torch.bfloat16
     screen = torch.cat([-2.0 * cent, (cent * cent).sum(1, keepdim=True)], 1)
+    block = math.isqrt(len(cent) - 1) + 1
+    n_blocks = -(-len(cent) // block)
+    if n_blocks < 4 * n_candidates:
+        block = None
+    else:
+        # Padding centroids that score +inf against every point.
+        padding = torch.zeros(n_blocks * block - len(cent), screen.shape[1])
+        padding[:, -1] = float("inf")
+        screen = torch.cat([screen, padding.to(device)])
     screen = screen.to(dtype).T.contiguous()
     candidates = np.empty((len(x), n_candidates), dtype=np.int64)
     dists = np.empty(len(x), dtype=np.float32)
@@ -143,7 +194,10 @@ def _global_candidates(x, centroids, n_candidates, device, chunk_size=4096):
         chunk = torch.from_numpy(x[start:stop]).to(device)
         ones = torch.ones(len(chunk), 1, device=device)
         scores = torch.cat([chunk, ones], 1).to(dtype) @ screen
-        _, shortlist = scores.topk(n_candidates, 1, largest=False)
+        if block is None:
+            _, shortlist = scores.topk(n_candidates, 1, largest=False)
+        else:
+            shortlist = smallest_k(scores, n_candidates, block)
         shortlist, dist = _rerank(chunk, cent, shortlist)
         candidates[start:stop] = shortlist.cpu().numpy()
         dists[start:stop] = dist[:, 0].cpu().numpy()
@@ -254,9 +308,12 @@ def kmeans(
         n_sample = min(
             n_points, max(n_clusters, round(sample_fraction * n_points))
         )
-    sample = x
+    sample, in_sample = x, np.ones(n_points, dtype=bool)
     if n_sample < n_points:
-        sample = x[np.sort(rng.choice(n_points, n_sample, replace=False))]
+        index = np.sort(rng.choice(n_points, n_sample, replace=False))
+        sample = x[index]
+        in_sample[:] = False
+        in_sample[index] = True
     # Initial centroids come from the warm-up sample, so that each one
     # keeps at least its own point there.
     centroids = _init_centroids(sample, n_clusters, rng)
@@ -287,13 +344,19 @@ def kmeans(
             )
             _update_centroids(sample, shortlist[:, 0], centroids)
             log(f"warm-up {warmup} ({n_sample} points)", dists)
-        del sample
-        candidates, dists = _global_candidates(
-            x, centroids, n_candidates, device
-        )
+        # The sample's points keep the shortlist of their last warm-up pass;
+        # only the other points are screened against all centroids.
+        candidates = np.empty((n_points, shortlist.shape[1]), dtype=np.int64)
+        candidates[in_sample] = shortlist
+        del sample, shortlist
+        if not in_sample.all():
+            candidates[~in_sample], _ = _global_candidates(
+                x[~in_sample], centroids, n_candidates, device
+            )
+        labels, dists = _assign_candidates(x, centroids, candidates)
     else:
         candidates, dists = _global_candidates(x, centroids, 1, device)
-    labels = candidates[:, 0]
+        labels = candidates[:, 0]
     log("iteration 0 (all centroids)", dists)
     for iteration in range(1, n_iter + 1):
         _update_centroids(x, labels, centroids)
