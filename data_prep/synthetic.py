@@ -97,6 +97,18 @@ TINY_SIZES = {
 }
 """Sizes of the tiny corpus used by the tests (a few seconds to generate)."""
 
+DEFAULT_VARIABILITY = {
+    "speaker_spread": 1.0,
+    "channel_spread": 1.0,
+    "accent": 0.0,
+}
+"""How far voices differ and how far session channels depart from a clean
+one: ``speaker_spread`` scales the between-speaker standard deviations of
+:func:`speaker_voice`, ``channel_spread`` the session effects of
+:func:`session_channel`, ``accent`` gives each speaker their own use of the
+vowels and fricatives (0: everyone uses all alike). The defaults are the
+corpus of the tests."""
+
 # F1, F2, F3 of eight vowels of an adult male voice (Hz).
 VOWELS = np.array(
     [
@@ -127,13 +139,23 @@ def _rng(seed, *key):
     return np.random.default_rng([seed, *key])
 
 
-def speaker_voice(rng):
+def speaker_voice(rng, spread=1.0, accent=0.0):
     """Draw the parameters of one speaker's voice.
 
     Arguments
     ---------
     rng : numpy.random.Generator
         Source of randomness.
+    spread : float
+        Scales the between-speaker standard deviations (F0 and formant
+        scale within a sex, personal formants, fricative bands, effort);
+        the same ``rng`` state gives voices whose deviations from the
+        population means are exactly ``spread`` times those of 1.0.
+    accent : float
+        Above 0, the speaker uses the vowels and fricatives with their own
+        frequencies (``vowel_use``, ``fricative_use``: Dirichlet draws of
+        concentration ``1 / accent``, drawn after everything else, so the
+        other parameters do not depend on it); 0: all alike.
 
     Returns
     -------
@@ -141,7 +163,9 @@ def speaker_voice(rng):
         ``f0`` (Hz), ``f0_range`` (semitones), ``vowels`` ([8, 5] formants,
         Hz), ``bandwidth`` (scale of formant bandwidths), ``tilt`` (dB per
         octave), ``open_quotient``, ``breathiness``, ``jitter``, ``shimmer``,
-        ``rate`` (syllables/s), ``fricatives`` ([4, 2]), ``effort`` (dB).
+        ``rate`` (syllables/s), ``fricatives`` ([4, 2]), ``effort`` (dB),
+        and with ``accent`` ``vowel_use`` ([8]) and ``fricative_use``
+        ([4]).
 
     Example
     -------
@@ -150,15 +174,15 @@ def speaker_voice(rng):
     (8, 5)
     """
     female = rng.random() < 0.5
-    f0 = np.exp(rng.normal(np.log(210.0 if female else 115.0), 0.12))
-    scale = rng.normal(1.16 if female else 1.0, 0.045)
+    f0 = np.exp(rng.normal(np.log(210.0 if female else 115.0), 0.12 * spread))
+    scale = rng.normal(1.16 if female else 1.0, 0.045 * spread)
     formants = np.concatenate(
         [VOWELS, np.broadcast_to(HIGH_FORMANTS, (len(VOWELS), 2))], axis=1
     )
-    accent = np.exp(rng.normal(0.0, 0.06, formants.shape))
-    vowels = np.sort(formants * scale * accent, axis=1)
-    fricatives = FRICATIVES * [np.exp(rng.normal(0.0, 0.12)), 1.0]
-    return {
+    personal = np.exp(rng.normal(0.0, 0.06 * spread, formants.shape))
+    vowels = np.sort(formants * scale * personal, axis=1)
+    fricatives = FRICATIVES * [np.exp(rng.normal(0.0, 0.12 * spread)), 1.0]
+    voice = {
         "f0": f0,
         "f0_range": rng.uniform(0.8, 3.5),
         "vowels": vowels,
@@ -170,17 +194,27 @@ def speaker_voice(rng):
         "shimmer": rng.uniform(0.02, 0.15),
         "rate": rng.uniform(3.0, 6.5),
         "fricatives": fricatives,
-        "effort": rng.normal(0.0, 2.0),
+        "effort": rng.normal(0.0, 2.0 * spread),
     }
+    if accent > 0:
+        voice["vowel_use"] = rng.dirichlet(np.full(len(VOWELS), 1 / accent))
+        voice["fricative_use"] = rng.dirichlet(
+            np.full(len(fricatives), 1 / accent)
+        )
+    return voice
 
 
-def session_channel(rng):
+def session_channel(rng, spread=1.0):
     """Draw the channel of one session: microphone, noise and level.
 
     Arguments
     ---------
     rng : numpy.random.Generator
         Source of randomness.
+    spread : float
+        Scales how far the session departs from a clean flat channel: the
+        colouring gains (dB), the tilt, the high-pass range above 50 Hz,
+        the chance of a telephone band and the SNR range below 30 dB.
 
     Returns
     -------
@@ -199,12 +233,15 @@ def session_channel(rng):
     for _ in range(rng.integers(2, 5)):
         centre = rng.uniform(-3.0, 2.5)
         width = rng.uniform(0.3, 1.2)
-        gain_db += rng.normal(0.0, 5.0) * np.exp(
+        gain_db += rng.normal(0.0, 5.0 * spread) * np.exp(
             -0.5 * ((octaves - centre) / width) ** 2
         )
-    gain_db += rng.uniform(-2.0, 2.0) * octaves
-    highpass = rng.uniform(50.0, 300.0)
-    lowpass = rng.choice([rng.uniform(3400.0, 4500.0), 7900.0], p=[0.3, 0.7])
+    gain_db += rng.uniform(-2.0, 2.0) * spread * octaves
+    highpass = rng.uniform(50.0, 50.0 + 250.0 * spread)
+    narrow = min(0.3 * spread, 1.0)
+    lowpass = rng.choice(
+        [rng.uniform(3400.0, 4500.0), 7900.0], p=[narrow, 1.0 - narrow]
+    )
     band = 1.0 / (1.0 + (highpass / np.maximum(FREQS, 1.0)) ** 4)
     band /= 1.0 + (FREQS / lowpass) ** 12
     response = 10.0 ** (gain_db / 20.0) * band
@@ -216,7 +253,7 @@ def session_channel(rng):
     return {
         "response": response,
         "noise_colour": 10.0 ** (noise_db / 20.0),
-        "snr": rng.uniform(8.0, 30.0),
+        "snr": rng.uniform(max(30.0 - 22.0 * spread, 0.0), 30.0),
         "level": rng.uniform(-32.0, -16.0),
     }
 
@@ -243,6 +280,16 @@ def _smooth(track, width):
     )
 
 
+def _phone(rng, voice, kind, size=None):
+    """Index of a vowel or fricative: by the speaker's own frequencies
+    (``<kind>_use``) when the voice has them, else uniformly."""
+    use = voice.get(f"{kind}_use")
+    if use is None:
+        count = len(VOWELS) if kind == "vowel" else len(voice["fricatives"])
+        return rng.integers(count, size=size)
+    return rng.choice(len(use), size=size, p=use)
+
+
 def _plan(voice, n_frames, rate, rng):
     """Frame tracks of an utterance: gains, formants, fricative band, F0."""
     voiced = np.zeros(n_frames)
@@ -257,13 +304,13 @@ def _plan(voice, n_frames, rate, rng):
             length = int(FRAME_RATE / rate * np.exp(rng.normal(0.0, 0.3)))
             length = max(length, 6)
             if rng.random() < 0.6:
-                kind = rng.integers(len(voice["fricatives"]))
+                kind = _phone(rng, voice, "fricative")
                 cons = int(length * rng.uniform(0.2, 0.45))
                 unvoiced[frame : frame + cons] = rng.uniform(0.3, 1.0)
                 fricative[frame : frame + cons] = voice["fricatives"][kind]
                 frame += cons
                 length -= cons
-            start_vowel, end_vowel = rng.integers(len(VOWELS), size=2)
+            start_vowel, end_vowel = _phone(rng, voice, "vowel", 2)
             if rng.random() < 0.6:
                 end_vowel = start_vowel
             stop = min(frame + length, n_frames)
@@ -568,13 +615,15 @@ def _video_id(rng):
 
 def _speaker_job(task):
     """Write all utterances of one speaker; return (relpath, seconds) rows."""
-    root, speaker, seed, key, sizes = task
+    root, speaker, seed, key, sizes, variability = task
     rng = _rng(seed, *key)
-    voice = speaker_voice(rng)
+    voice = speaker_voice(
+        rng, variability["speaker_spread"], variability["accent"]
+    )
     rows = []
     for _ in range(sizes["n_videos"]):
         video = _video_id(rng)
-        channel = session_channel(rng)
+        channel = session_channel(rng, variability["channel_spread"])
         os.makedirs(os.path.join(root, speaker, video), exist_ok=True)
         for utt in range(1, sizes["n_utterances"] + 1):
             duration = rng.uniform(sizes["min_duration"], sizes["max_duration"])
@@ -685,7 +734,9 @@ def _run(function, tasks, n_jobs):
         return pool.map(function, tasks, chunksize=1)
 
 
-def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
+def generate_corpus(
+    output_folder, seed=0, n_jobs=None, variability=None, **sizes
+):
     """Generate the synthetic corpus (skipped when already complete).
 
     A completion marker ``corpus.json`` holding the settings is written last;
@@ -704,6 +755,9 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
         (not of ``n_jobs``).
     n_jobs : int, optional
         Worker processes; default: the number of usable CPU cores.
+    variability : dict, optional
+        Overrides of :data:`DEFAULT_VARIABILITY` (unknown keys are an
+        error).
     **sizes
         Overrides of :data:`DEFAULT_SIZES` (unknown keys are an error).
 
@@ -739,11 +793,20 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
     if unknown:
         raise TypeError(f"generate_corpus: unknown sizes {unknown}")
     sizes = {**DEFAULT_SIZES, **sizes}
+    variability = dict(variability or {})
+    unknown = sorted(set(variability) - set(DEFAULT_VARIABILITY))
+    if unknown:
+        raise TypeError(f"generate_corpus: unknown variability {unknown}")
+    variability = {**DEFAULT_VARIABILITY, **variability}
+    if min(variability.values()) < 0:
+        raise ValueError("generate_corpus: variability must be >= 0")
     if not 0 < sizes["min_duration"] <= sizes["max_duration"]:
         raise ValueError(
             "generate_corpus: need 0 < min_duration <= max_duration"
         )
     settings = {"format": FORMAT_VERSION, "seed": seed, **sizes}
+    if variability != DEFAULT_VARIABILITY:
+        settings["variability"] = variability
     outputs = _outputs(output_folder, sizes)
     marker = os.path.join(output_folder, MARKER)
     if os.path.isfile(marker):
@@ -781,15 +844,15 @@ def generate_corpus(output_folder, seed=0, n_jobs=None, **sizes):
     root = outputs["data_folder"]
     tasks = (
         [
-            (root, f"id0{i:04d}", seed, (1, i), sizes)
+            (root, f"id0{i:04d}", seed, (1, i), sizes, variability)
             for i in range(sizes["n_train_speakers"])
         ]
         + [
-            (root, f"id1{i:04d}", seed, (2, i), sizes)
+            (root, f"id1{i:04d}", seed, (2, i), sizes, variability)
             for i in range(sizes["n_test_speakers"])
         ]
         + [
-            (root, f"id2{i:04d}", seed, (6, i), sizes)
+            (root, f"id2{i:04d}", seed, (6, i), sizes, variability)
             for i in range(sizes["n_dev_speakers"])
         ]
     )
@@ -892,7 +955,7 @@ def main(argv=None):
     parser.add_argument(
         "--tiny", action="store_true", help="start from the tiny test sizes"
     )
-    for key, value in DEFAULT_SIZES.items():
+    for key, value in {**DEFAULT_SIZES, **DEFAULT_VARIABILITY}.items():
         parser.add_argument(f"--{key}", type=type(value), default=None)
     args = parser.parse_args(argv)
     sizes = dict(TINY_SIZES if args.tiny else DEFAULT_SIZES)
@@ -903,9 +966,18 @@ def main(argv=None):
             if getattr(args, k) is not None
         }
     )
+    variability = {
+        k: getattr(args, k)
+        for k in DEFAULT_VARIABILITY
+        if getattr(args, k) is not None
+    }
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate_corpus(
-        args.output_folder, seed=args.seed, n_jobs=args.n_jobs, **sizes
+        args.output_folder,
+        seed=args.seed,
+        n_jobs=args.n_jobs,
+        variability=variability,
+        **sizes,
     )
 
 

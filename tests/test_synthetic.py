@@ -16,6 +16,7 @@ from data_prep.synthetic import (
     MARKER,
     generate_corpus,
     make_trials,
+    session_channel,
     speaker_voice,
     synthesise_speech,
 )
@@ -183,6 +184,104 @@ def test_data_not_written_by_the_generator_is_never_removed(tmp_path):
 def test_unknown_size_is_an_error(tmp_path):
     with pytest.raises(TypeError, match="n_speakers"):
         generate_corpus(str(tmp_path), n_speakers=3)
+
+
+def test_unknown_or_negative_variability_is_an_error(tmp_path):
+    with pytest.raises(TypeError, match="channel_sprad"):
+        generate_corpus(str(tmp_path), variability={"channel_sprad": 0.5})
+    with pytest.raises(ValueError, match=">= 0"):
+        generate_corpus(str(tmp_path), variability={"speaker_spread": -1.0})
+
+
+def test_speaker_spread_scales_between_speaker_deviations():
+    # Same generator state: every normal draw is mean + sd * z with the same
+    # z, so the deviations from the population means scale by the spread
+    # (float64 rounding of mean + sd * z: 1e-12 relative is ample).
+    for seed in range(10):
+        base = speaker_voice(np.random.default_rng(seed))
+        wide = speaker_voice(np.random.default_rng(seed), spread=2.5)
+        female = np.random.default_rng(seed).random() < 0.5  # first draw
+        mean = np.log(210.0 if female else 115.0)
+        np.testing.assert_allclose(
+            np.log(wide["f0"]) - mean,
+            2.5 * (np.log(base["f0"]) - mean),
+            rtol=1e-12,
+        )
+        np.testing.assert_allclose(wide["effort"], 2.5 * base["effort"])
+        assert wide["rate"] == base["rate"]
+
+
+def test_channel_spread_zero_is_a_clean_flat_channel():
+    for seed in range(10):
+        clean = session_channel(np.random.default_rng(seed), spread=0.0)
+        # No colouring, no tilt, no telephone band: only the 50 Hz
+        # high-pass and the 7.9 kHz band edge shape the response.
+        band = 1.0 / (1.0 + (50.0 / np.maximum(synthetic.FREQS, 1.0)) ** 4)
+        band /= 1.0 + (synthetic.FREQS / 7900.0) ** 12
+        np.testing.assert_allclose(clean["response"], band, rtol=1e-12)
+        assert clean["snr"] == 30.0
+        default = session_channel(np.random.default_rng(seed))
+        assert 8.0 <= default["snr"] <= 30.0
+
+
+def test_variability_is_recorded_and_default_corpus_unchanged(tmp_path):
+    plain = generate_corpus(str(tmp_path / "a"), seed=3, n_jobs=1, **MICRO)
+    same = generate_corpus(
+        str(tmp_path / "b"),
+        seed=3,
+        n_jobs=1,
+        variability={"speaker_spread": 1.0, "channel_spread": 1.0},
+        **MICRO,
+    )
+    other = generate_corpus(
+        str(tmp_path / "c"),
+        seed=3,
+        n_jobs=1,
+        variability={"channel_spread": 0.5},
+        **MICRO,
+    )
+    wavs = wav_files(plain["data_folder"])
+    assert wavs == wav_files(other["data_folder"])
+    _, mismatch, _ = filecmp.cmpfiles(
+        plain["data_folder"], same["data_folder"], wavs, shallow=False
+    )
+    assert mismatch == []
+    _, mismatch, _ = filecmp.cmpfiles(
+        plain["data_folder"], other["data_folder"], wavs, shallow=False
+    )
+    assert len(mismatch) == len(wavs)
+    with open(tmp_path / "a" / MARKER, encoding="utf-8") as f:
+        assert "variability" not in json.load(f)["settings"]
+    with open(tmp_path / "c" / MARKER, encoding="utf-8") as f:
+        assert json.load(f)["settings"]["variability"] == {
+            "speaker_spread": 1.0,
+            "channel_spread": 0.5,
+            "accent": 0.0,
+        }
+
+
+def test_accent_gives_each_speaker_their_own_phone_use():
+    for seed in range(5):
+        plain = speaker_voice(np.random.default_rng(seed))
+        accented = speaker_voice(np.random.default_rng(seed), accent=1.0)
+        assert "vowel_use" not in plain
+        # Drawn last: the rest of the voice is the same.
+        for key, value in plain.items():
+            np.testing.assert_array_equal(accented[key], value)
+        assert accented["vowel_use"].shape == (len(synthetic.VOWELS),)
+        assert accented["vowel_use"].sum() == pytest.approx(1.0)
+        assert accented["fricative_use"].sum() == pytest.approx(1.0)
+    # Only vowel 3 and fricative 1: every draw is that phone; without a
+    # phone use, the draws cover all of them.
+    voice = dict(plain, vowel_use=np.eye(8)[3], fricative_use=np.eye(4)[1])
+    rng = np.random.default_rng(0)
+    assert set(synthetic._phone(rng, voice, "vowel", 200).tolist()) == {3}
+    assert {
+        int(synthetic._phone(rng, voice, "fricative")) for _ in range(50)
+    } == {1}
+    assert set(synthetic._phone(rng, plain, "vowel", 200).tolist()) == set(
+        range(8)
+    )
 
 
 def test_speakers_differ_and_utterances_are_speech_like():
