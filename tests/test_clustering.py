@@ -94,10 +94,52 @@ def test_candidates_with_padded_blocks_are_the_nearest(monkeypatch):
     monkeypatch.setattr(clustering, "fast_bf16_matmul", lambda device: False)
     x, _ = speakers(n_speakers=30, per_speaker=40, spread=2.0)
     centroids = x[::4][:301].copy()
-    candidates, dists = clustering._global_candidates(x, centroids, 8, "cpu")
+    candidates = clustering._global_candidates(x, centroids, 8, "cpu")
     exact = ((x[:, None].astype(float) - centroids[None]) ** 2).sum(2)
-    assert np.array_equal(candidates, np.argsort(exact, axis=1)[:, :8])
+    nearest = np.sort(np.argsort(exact, axis=1)[:, :8], axis=1)
+    assert np.array_equal(np.sort(candidates, axis=1), nearest)
+    labels, dists = clustering._assign_candidates(x, centroids, candidates)
+    assert np.array_equal(labels, exact.argmin(1))
     np.testing.assert_allclose(dists, exact.min(1), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_bf16_screening_keeps_the_nearest_within_bf16_rounding(
+    monkeypatch, offset
+):
+    """bf16 screening (forced, so that every CPU runs it): each point's
+    shortlist is its 8 nearest centroids up to bf16 rounding, padding
+    blocks included (K = 301), also with a common offset 100 times the
+    points' spread. Bound on a screened squared distance, for points and
+    centroids centred on the centroids' mean: with unit roundoff
+    u = 2**-8, rounding the inputs of the 514 products moves them by at
+    most u (|x|^2 + |c|^2 + 4 |x| |c|) (2u on each cross product, u on
+    each norm) and rounding the result by u d; the float32 sum adds ~1e-7
+    relative. A chosen centroid is at most twice that beyond the 8th
+    nearest."""
+    monkeypatch.setattr(clustering, "fast_bf16_matmul", lambda device: True)
+    x, _ = speakers(n_speakers=30, per_speaker=40, spread=2.0)
+    x += np.float32(offset)
+    centroids = x[::4][:301].copy()
+    # A point on a centroid: distance 0 up to rounding, possibly negative.
+    assert np.array_equal(x[0], centroids[0])
+    candidates = clustering._global_candidates(x, centroids, 8, "cpu")
+    x64, c64 = x.astype(float), centroids.astype(float)
+    exact = ((x64[:, None] - c64[None]) ** 2).sum(2)
+    centre = c64.mean(0)
+    x_norm = np.linalg.norm(x64 - centre, axis=1)[:, None]
+    c_norm = np.linalg.norm(c64 - centre, axis=1)[None]
+    u = 2.0**-8
+    bound = u * (x_norm**2 + c_norm**2 + 4 * x_norm * c_norm + exact)
+    eighth = np.sort(exact, axis=1)[:, 7:8]
+    chosen = np.take_along_axis(exact, candidates, 1)
+    chosen_bound = np.take_along_axis(bound, candidates, 1)
+    assert (candidates < len(centroids)).all()
+    assert all(len(set(row)) == 8 for row in candidates.tolist())
+    assert (chosen <= eighth + chosen_bound + bound.max(1, keepdims=True)).all()
+    assert 0 in candidates[0]
+    # The bound is tight: a few percent of a typical distance.
+    assert np.median(bound) < 0.05 * np.median(exact)
 
 
 def test_fast_kmeans_on_half_sample_converges_like_exact_kmeans():
@@ -122,9 +164,10 @@ def test_screening_is_float32_where_bf16_products_are_slow(monkeypatch):
     monkeypatch.setattr(clustering, "fast_bf16_matmul", lambda device: False)
     x, _ = speakers(spread=2.0)
     centroids = x[::12].copy()
-    candidates, _ = clustering._global_candidates(x, centroids, 8, "cpu")
+    candidates = clustering._global_candidates(x, centroids, 8, "cpu")
     exact = ((x[:, None].astype(float) - centroids[None]) ** 2).sum(2)
-    assert np.array_equal(candidates, np.argsort(exact, axis=1)[:, :8])
+    nearest = np.sort(np.argsort(exact, axis=1)[:, :8], axis=1)
+    assert np.array_equal(np.sort(candidates, axis=1), nearest)
 
 
 def test_pipeline_equals_sklearn_exact_pipeline_on_tiny_data():

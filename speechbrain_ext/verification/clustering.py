@@ -14,19 +14,19 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
   ``sample_fraction`` of the points and ``n_warmup`` Lloyd iterations on
   that sample (drawing them from all points instead leaves centroids
   that no sample point reaches, which end as many extra singleton
-  clusters); one pass of the other points against all centroids that keeps
-  each point's ``n_candidates`` nearest centroids (screened with bfloat16
-  matrix products, a few times faster than float32 on CPUs with bf16 units,
-  float32 on the others, where torch's bf16 products are very slow; then
-  re-ranked in float32), while the sample's points keep the shortlist of
-  their last warm-up pass; then Lloyd iterations in which each point only
-  compares its own candidates (N * n_candidates * D per iteration instead
-  of N * K * D). Assignment stays global: no point is confined to a coarse
-  cell. Measured on synthetic VoxCeleb2-like embeddings, restricting points
-  to their centroid's neighbourhood or to approximate (IVF) search, or PCA,
-  lost 0.01-0.1 NMI; this scheme's NMI is within 0.005 of flat 3-iteration
-  Lloyd (exact, float32) on 1/16 subsets and at full scale. See
-  BENCHMARKS.md.
+  clusters); one pass of all points against all centroids that keeps each
+  point's ``n_candidates`` nearest centroids (screened with bfloat16 matrix
+  products, a few times faster than float32 on CPUs with bf16 units, float32
+  on the others, where torch's bf16 products are very slow; keeping the
+  sample's shortlists of the warm-up pass instead, made before the
+  centroids moved, lost 0.007 NMI at 1/4 scale); then Lloyd iterations in
+  which each point only compares its own candidates (N * n_candidates * D
+  per iteration instead of N * K * D). Assignment stays global: no point
+  is confined to a coarse cell. Measured on synthetic VoxCeleb2-like
+  embeddings, restricting points to their centroid's neighbourhood or to
+  approximate (IVF) search, or PCA, lost 0.01-0.1 NMI; this scheme's NMI
+  is within 0.005 of flat 3-iteration Lloyd (exact, float32) on 1/16
+  subsets and at full scale. See BENCHMARKS.md.
 
 :func:`ahc_ward` runs scikit-learn's Ward on the centroids, constrained to
 their k-nearest-neighbour graph at scale (``n_neighbors``), which is an order
@@ -134,7 +134,9 @@ def smallest_k(scores, k, block):
     Arguments
     ---------
     scores : torch.Tensor
-        ``[N, C]`` with ``C`` a multiple of ``block`` (pad with ``inf``).
+        ``[N, C]`` with ``C`` a multiple of ``block`` (pad with the
+        largest value), of any type that ``amin`` and ``topk`` order as
+        wanted (e.g. nonnegative bf16 read as int16).
     k : int
         At most ``C // block``.
     block : int
@@ -160,23 +162,45 @@ def smallest_k(scores, k, block):
 
 
 def _global_candidates(x, centroids, n_candidates, device, chunk_size=4096):
-    """The ``n_candidates`` nearest centroids of every point, best first.
+    """The ``n_candidates`` nearest centroids of every point (unordered).
 
     All centroids are screened with one matrix product per chunk, in
     bfloat16 when ``n_candidates > 1`` and :func:`fast_bf16_matmul` (on
-    CPUs with bf16 units a few times faster than float32), else in float32;
-    the shortlist (:func:`smallest_k` over blocks of about sqrt(K)
-    centroids) is then re-ranked with exact
-    float32 distances, so the nearest centroid is exact unless bf16 rounding
-    pushes it out of the shortlist. Returns candidates ``[N, n]`` and the
-    squared distance to the first one ``[N]``.
+    CPUs with bf16 units a few times faster than float32), else in float32.
+    In bfloat16 the products give squared distances (the points carry
+    ``[x, 1, |x|^2]``, the centroids ``[-2c, |c|^2, 1]``), which are
+    nonnegative up to rounding, so their bit patterns read as int16 order
+    like their values, and :func:`smallest_k` compares them as integers
+    (CPUs reduce int16 about 3x faster than bf16; the rare negative values
+    that rounding gives a point lying on a centroid still come before all
+    others, in reverse order among themselves). The product writes into
+    one buffer reused by every chunk (a fresh 400 MB result per chunk cost
+    a third of the product's time in page faults). The nearest centroid is
+    in the shortlist unless bf16 rounding pushes it out; callers get the
+    exact nearest with :func:`_assign_candidates`.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``[N, n]``.
     """
-    cent = torch.from_numpy(centroids).to(device)
+    # Distances do not change when points and centroids move together:
+    # centring them keeps bf16 from rounding away distances that are small
+    # next to a large common mean.
+    centre = centroids.mean(0, dtype=np.float64).astype(np.float32)
+    cent = torch.from_numpy(centroids - centre).to(device)
+    centre = torch.from_numpy(centre).to(device)
     n_candidates = min(n_candidates, len(cent))
-    dtype = torch.float32
-    if n_candidates > 1 and fast_bf16_matmul(str(device)):
-        dtype = torch.bfloat16
-    screen = torch.cat([-2.0 * cent, (cent * cent).sum(1, keepdim=True)], 1)
+    bf16 = n_candidates > 1 and fast_bf16_matmul(str(device))
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    screen = torch.cat(
+        [
+            -2.0 * cent,
+            (cent * cent).sum(1, keepdim=True),
+            torch.ones_like(cent[:, :1]),
+        ],
+        1,
+    )
     block = math.isqrt(len(cent) - 1) + 1
     n_blocks = -(-len(cent) // block)
     if n_blocks < 4 * n_candidates:
@@ -184,32 +208,31 @@ def _global_candidates(x, centroids, n_candidates, device, chunk_size=4096):
     else:
         # Padding centroids that score +inf against every point.
         padding = torch.zeros(n_blocks * block - len(cent), screen.shape[1])
-        padding[:, -1] = float("inf")
+        padding[:, -2] = float("inf")
         screen = torch.cat([screen, padding.to(device)])
     screen = screen.to(dtype).T.contiguous()
+    scores = torch.empty(
+        min(chunk_size, len(x)), screen.shape[1], dtype=dtype, device=device
+    )
     candidates = np.empty((len(x), n_candidates), dtype=np.int64)
-    dists = np.empty(len(x), dtype=np.float32)
     for start in range(0, len(x), chunk_size):
         stop = start + chunk_size
-        chunk = torch.from_numpy(x[start:stop]).to(device)
+        chunk = torch.from_numpy(x[start:stop]).to(device) - centre
         ones = torch.ones(len(chunk), 1, device=device)
-        scores = torch.cat([chunk, ones], 1).to(dtype) @ screen
+        norms = torch.zeros_like(ones)
+        if bf16:  # float32 compares |c|^2 - 2 x.c, no need for |x|^2
+            norms = (chunk * chunk).sum(1, keepdim=True)
+        points = torch.cat([chunk, ones, norms], 1)
+        chunk_scores = scores[: len(chunk)]
+        torch.matmul(points.to(dtype), screen, out=chunk_scores)
+        if bf16:
+            chunk_scores = chunk_scores.view(torch.int16)
         if block is None:
-            _, shortlist = scores.topk(n_candidates, 1, largest=False)
+            _, shortlist = chunk_scores.topk(n_candidates, 1, largest=False)
         else:
-            shortlist = smallest_k(scores, n_candidates, block)
-        shortlist, dist = _rerank(chunk, cent, shortlist)
+            shortlist = smallest_k(chunk_scores, n_candidates, block)
         candidates[start:stop] = shortlist.cpu().numpy()
-        dists[start:stop] = dist[:, 0].cpu().numpy()
-    return candidates, dists
-
-
-def _rerank(chunk, cent, shortlist):
-    """Sort each row of ``shortlist`` by exact squared distance to its
-    point; return the sorted shortlist and distances."""
-    diff = cent[shortlist] - chunk[:, None, :]
-    dist, order = (diff * diff).sum(2).sort(dim=1, stable=True)
-    return shortlist.gather(1, order), dist
+    return candidates
 
 
 def _assign_candidates(x, centroids, candidates, chunk_size=4096):
@@ -308,12 +331,9 @@ def kmeans(
         n_sample = min(
             n_points, max(n_clusters, round(sample_fraction * n_points))
         )
-    sample, in_sample = x, np.ones(n_points, dtype=bool)
+    sample = x
     if n_sample < n_points:
-        index = np.sort(rng.choice(n_points, n_sample, replace=False))
-        sample = x[index]
-        in_sample[:] = False
-        in_sample[index] = True
+        sample = x[np.sort(rng.choice(n_points, n_sample, replace=False))]
     # Initial centroids come from the warm-up sample, so that each one
     # keeps at least its own point there.
     centroids = _init_centroids(sample, n_clusters, rng)
@@ -339,32 +359,24 @@ def kmeans(
 
     if method == "fast":
         for warmup in range(1, n_warmup + 1):
-            shortlist, dists = _global_candidates(
+            shortlist = _global_candidates(
                 sample, centroids, n_candidates, device
             )
-            _update_centroids(sample, shortlist[:, 0], centroids)
+            labels, dists = _assign_candidates(sample, centroids, shortlist)
+            _update_centroids(sample, labels, centroids)
             log(f"warm-up {warmup} ({n_sample} points)", dists)
-        # The sample's points keep the shortlist of their last warm-up pass;
-        # only the other points are screened against all centroids.
-        candidates = np.empty((n_points, shortlist.shape[1]), dtype=np.int64)
-        candidates[in_sample] = shortlist
         del sample, shortlist
-        if not in_sample.all():
-            candidates[~in_sample], _ = _global_candidates(
-                x[~in_sample], centroids, n_candidates, device
-            )
+        candidates = _global_candidates(x, centroids, n_candidates, device)
         labels, dists = _assign_candidates(x, centroids, candidates)
     else:
-        candidates, dists = _global_candidates(x, centroids, 1, device)
-        labels = candidates[:, 0]
+        candidates = _global_candidates(x, centroids, 1, device)
+        labels, dists = _assign_candidates(x, centroids, candidates)
     log("iteration 0 (all centroids)", dists)
     for iteration in range(1, n_iter + 1):
         _update_centroids(x, labels, centroids)
         if method == "exact":
-            new_labels, dists = _global_candidates(x, centroids, 1, device)
-            new_labels = new_labels[:, 0]
-        else:
-            new_labels, dists = _assign_candidates(x, centroids, candidates)
+            candidates = _global_candidates(x, centroids, 1, device)
+        new_labels, dists = _assign_candidates(x, centroids, candidates)
         changed = np.count_nonzero(new_labels != labels) / n_points
         labels = new_labels
         log(f"iteration {iteration}", dists, changed)
