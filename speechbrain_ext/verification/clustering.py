@@ -25,8 +25,8 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
   is confined to a coarse cell. Measured on synthetic VoxCeleb2-like
   embeddings, restricting points to their centroid's neighbourhood or to
   approximate (IVF) search, or PCA, lost 0.01-0.1 NMI; this scheme's NMI
-  is within 0.005 of flat 3-iteration Lloyd (exact, float32) on 1/16
-  subsets and at full scale. See BENCHMARKS.md.
+  is never more than 0.005 below flat 3-iteration Lloyd's (exact,
+  float32) on 1/16 subsets and at full scale. See BENCHMARKS.md.
 
 :func:`ahc_ward` runs scikit-learn's Ward on the centroids, constrained to
 their k-nearest-neighbour graph at scale (``n_neighbors``), which is an order
