@@ -7,7 +7,7 @@ end to end and prints its table.
 import pytest
 import torch
 
-from benchmarks import bench_train_step
+from benchmarks import bench_train_step, bench_ward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,3 +40,13 @@ def test_train_step_benchmark_prints_its_table(capsys):
         assert float(row[2]) > 0 and float(row[3]) > 0
     # No label correction before its epoch, in either step.
     assert rows[0][8] == "0 / 0"
+
+
+def test_ward_benchmark_finds_the_same_partition_as_scikit_learn(capsys):
+    bench_ward.main(["--fraction=0.004"])
+    out = capsys.readouterr().out
+    assert "same partition: True" in out
+    assert [row[0] for row in table_rows(out)] == [
+        "scikit-learn ward_tree",
+        "ours (ward_on_graph)",
+    ]

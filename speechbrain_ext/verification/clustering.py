@@ -28,11 +28,13 @@ flop, minutes on a CPU. :func:`kmeans` therefore has two methods:
   is never more than 0.005 below flat 3-iteration Lloyd's (exact,
   float32) on 1/16 subsets and at full scale. See BENCHMARKS.md.
 
-:func:`ahc_ward` runs scikit-learn's Ward on the centroids, constrained to
-their k-nearest-neighbour graph at scale (``n_neighbors``), which is an order
-of magnitude cheaper in time and memory than full Ward. Like the reference,
-Ward runs on the centroids themselves, unweighted by cluster sizes (it is not
-Ward on the points).
+:func:`ahc_ward` runs Ward on the centroids, constrained to their
+k-nearest-neighbour graph at scale (``n_neighbors``), which is an order of
+magnitude cheaper in time and memory than full Ward: the merges of
+scikit-learn's Ward with ``connectivity`` (the reference's), computed by
+:func:`~speechbrain_ext.verification.graph_ward.ward_on_graph`. Like the
+reference, Ward runs on the centroids themselves, unweighted by cluster sizes
+(it is not Ward on the points).
 
 Example
 -------
@@ -58,6 +60,8 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 from speechbrain.utils.logger import get_logger
+
+from speechbrain_ext.verification.graph_ward import ward_on_graph
 
 logger = get_logger(__name__)
 
@@ -568,7 +572,8 @@ def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0, stats=None):
         Number of clusters wanted (at most K).
     n_neighbors : int or None
         Merge only along a ``n_neighbors``-nearest-neighbour graph of the
-        centroids (scikit-learn's ``connectivity``), its components linked
+        centroids (:func:`ward_on_graph`: scikit-learn's Ward with this
+        ``connectivity``), its components linked
         by :func:`connect_components`; ``None`` or 0 runs full Ward
         (quadratic memory: only for small K).
     seed : int
@@ -595,32 +600,33 @@ def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0, stats=None):
         )
     if n_clusters == len(centroids):
         return np.arange(len(centroids))
-    connectivity = None
-    if n_neighbors:
-        start = time.perf_counter()
-        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        index = _ivf_index(centroids, seed, nprobe=16)
-        connectivity = knn_connectivity(centroids, n_neighbors, index=index)
-        connectivity, n_components = connect_components(
-            centroids, connectivity, index=index
-        )
-        logger.info(
-            "Ward: %d-NN graph of %d centroids, %d connected component(s) "
-            "(%.1f s)",
-            n_neighbors,
-            len(centroids),
-            n_components,
-            time.perf_counter() - start,
-        )
-        if stats is not None:
-            stats["graph_components"] = n_components
-    model = AgglomerativeClustering(
-        n_clusters=n_clusters,
-        linkage="ward",
-        connectivity=connectivity,
-        compute_full_tree=False,
+    if not n_neighbors:
+        model = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward")
+        return model.fit_predict(centroids).astype(np.int64)
+    start = time.perf_counter()
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    index = _ivf_index(centroids, seed, nprobe=16)
+    connectivity = knn_connectivity(centroids, n_neighbors, index=index)
+    connectivity, n_components = connect_components(
+        centroids, connectivity, index=index
     )
-    return model.fit_predict(centroids).astype(np.int64)
+    logger.info(
+        "Ward: %d-NN graph of %d centroids, %d connected component(s) (%.1f s)",
+        n_neighbors,
+        len(centroids),
+        n_components,
+        time.perf_counter() - start,
+    )
+    if stats is not None:
+        stats["graph_components"] = n_components
+    start = time.perf_counter()
+    labels = ward_on_graph(centroids, connectivity, n_clusters)
+    logger.info(
+        "Ward: %d merges (%.1f s)",
+        len(centroids) - n_clusters,
+        time.perf_counter() - start,
+    )
+    return labels
 
 
 def speakers_from_keys(keys):
