@@ -96,8 +96,7 @@ def ward_on_graph(points, graph, n_clusters):
     active = np.zeros(n_nodes, dtype=bool)
     active[:n_points] = True
     parent = np.arange(n_nodes)
-    # Each cluster's edges (the other end, the cost), with dead ends
-    # dropped lazily, and the other end of its heap entry.
+    # The other end of each cluster's heap entry.
     partner = np.full(n_nodes, -1)
 
     def push_cheapest(node, node_others, node_costs):
@@ -129,6 +128,8 @@ def ward_on_graph(points, graph, n_clusters):
     )
     heapq.heapify(heap)
     partner[linked] = edge_high[cheapest] + edge_low[cheapest] - linked
+    # Each cluster's edges (the other end, the cost); edges to merged
+    # clusters are dropped when the list is next scanned.
     others = [row.tolist() for row in np.split(edge_to, graph.indptr[1:-1])]
     costs = [row.tolist() for row in np.split(edge_costs, graph.indptr[1:-1])]
     start = last_report = time.perf_counter()
