@@ -3,7 +3,7 @@
 Generates VoxCeleb2-like embeddings (a ``--fraction`` of 1,092,009 x 512,
 ``--regime`` as in ``bench_clustering``), runs the recipe's K-Means
 (``--fraction`` of 50,000 clusters), builds the 10-nearest-neighbour graph
-of the centroids with its components linked (as ``ahc_ward`` does), then
+of the centroids with its components linked (``linked_knn_graph``), then
 times Ward into ``--fraction`` of 7,500 clusters on that same graph with
 scikit-learn's ``AgglomerativeClustering(connectivity=...)`` (the
 reference's) and with :func:`ward_on_graph`, and checks that both give the
@@ -23,12 +23,7 @@ from sklearn.cluster import AgglomerativeClustering
 
 from benchmarks.bench_clustering import REGIMES, VOXCELEB2, generate_embeddings
 from benchmarks.common import machine
-from speechbrain_ext.verification.clustering import (
-    _ivf_index,
-    connect_components,
-    kmeans,
-    knn_connectivity,
-)
+from speechbrain_ext.verification.clustering import kmeans, linked_knn_graph
 from speechbrain_ext.verification.graph_ward import ward_on_graph
 
 
@@ -62,9 +57,7 @@ def main(argv=None):
     )
     centroids, labels, _ = kmeans(x, n_kmeans, seed=args.seed)
     centroids = np.ascontiguousarray(centroids[np.unique(labels)])
-    index = _ivf_index(centroids, args.seed, nprobe=16)
-    graph = knn_connectivity(centroids, 10, index=index)
-    graph, n_components = connect_components(centroids, graph, index=index)
+    graph, n_components = linked_knn_graph(centroids, 10, args.seed)
     rows = []
     start = time.perf_counter()
     reference = AgglomerativeClustering(

@@ -561,6 +561,41 @@ def connect_components(
     return graph, first_count
 
 
+def linked_knn_graph(points, n_neighbors, seed=0):
+    """The ``n_neighbors``-nearest-neighbour graph of ``points`` with its
+    components linked into one (:func:`knn_connectivity`, then
+    :func:`connect_components`, both searching one IVF index): the graph
+    that :func:`ahc_ward` merges along.
+
+    Arguments
+    ---------
+    points : numpy.ndarray
+        float32 ``[K, D]``.
+    n_neighbors : int
+        Neighbours per point (itself excluded).
+    seed : int
+        Seed of the IVF coarse cells.
+
+    Returns
+    -------
+    graph : scipy.sparse.csr_matrix
+        ``[K, K]``, one connected component.
+    n_components : int
+        The number of components of the neighbour graph before linking.
+
+    Example
+    -------
+    >>> points = np.array([[0.0], [1.0], [5.0], [6.0]], dtype="float32")
+    >>> graph, n_components = linked_knn_graph(points, 1)
+    >>> n_components, connected_components(graph)[0]
+    (2, 1)
+    """
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    index = _ivf_index(points, seed, nprobe=16)
+    graph = knn_connectivity(points, n_neighbors, index=index)
+    return connect_components(points, graph, index=index)
+
+
 def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0, stats=None):
     """Ward agglomerative clustering of centroids into ``n_clusters``.
 
@@ -574,7 +609,7 @@ def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0, stats=None):
         Merge only along a ``n_neighbors``-nearest-neighbour graph of the
         centroids (:func:`ward_on_graph`: scikit-learn's Ward with this
         ``connectivity``), its components linked
-        by :func:`connect_components`; ``None`` or 0 runs full Ward
+        by :func:`linked_knn_graph`; ``None`` or 0 runs full Ward
         (quadratic memory: only for small K).
     seed : int
         Seed of the approximate neighbour search.
@@ -604,12 +639,7 @@ def ahc_ward(centroids, n_clusters, n_neighbors=10, seed=0, stats=None):
         model = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward")
         return model.fit_predict(centroids).astype(np.int64)
     start = time.perf_counter()
-    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    index = _ivf_index(centroids, seed, nprobe=16)
-    connectivity = knn_connectivity(centroids, n_neighbors, index=index)
-    connectivity, n_components = connect_components(
-        centroids, connectivity, index=index
-    )
+    connectivity, n_components = linked_knn_graph(centroids, n_neighbors, seed)
     logger.info(
         "Ward: %d-NN graph of %d centroids, %d connected component(s) (%.1f s)",
         n_neighbors,
