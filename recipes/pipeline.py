@@ -11,6 +11,8 @@ and overrides, writing under ``<output_folder>/<stage>/``)::
     embeddings_round1     recipes/extract_embeddings.py
     pseudo_labels_round1  recipes/pseudo_label.py
     round2, eval_round2   (one more round per n_rounds)
+    embeddings_round2, pseudo_labels_round2
+                          with cluster_last_round: the last round's NMI
     lmft, eval_lmft       train.py hparams/lmft.yaml from the last round
     export                recipes/export_pretrained.py -> <output_folder>/model
 
@@ -84,6 +86,7 @@ SUMMARY_KEYS = (
     "stage",
     "NMI",
     "purity",
+    "session_pairs",
     "EER",
     "EER_cosine",
     "minDCF_0.01",
@@ -581,7 +584,7 @@ def plan_stages(hparams, run_options=()):
             name,
         )
         evaluate(name)
-        if index < n_rounds:
+        if index < n_rounds or hparams["cluster_last_round"]:
             embeddings = os.path.join(out, f"embeddings_{name}", "emb.pt")
             add(
                 f"embeddings_{name}",
@@ -597,7 +600,9 @@ def plan_stages(hparams, run_options=()):
                 },
                 name,
             )
-            labels = pseudo_labels(name, embeddings)
+            last_labels = pseudo_labels(name, embeddings)
+            if index < n_rounds:
+                labels = last_labels
     final = f"round{n_rounds}"
     if hparams["lmft"]:
         add(
@@ -701,9 +706,11 @@ def collect_summary(stages, runner):
         ``SUMMARY_KEYS``; EER in percent (``EER``: the evaluation's main
         scoring, named in ``scoring``; ``EER_cosine``: full-utterance
         cosine, stage 1's only scoring), ``n_trials`` scored; ``None`` where
-        not (yet) available. NMI and purity are those of the pseudo-labels
-        clustered from the stage's embeddings (against the true speakers,
-        when the keys carry them). Wall times in seconds: ``train_s``
+        not (yet) available. NMI, purity and ``session_pairs`` (see
+        :func:`~speechbrain_ext.verification.clustering.session_pair_agreement`)
+        are those of the pseudo-labels clustered from the stage's
+        embeddings (against the true speakers, when the keys carry them).
+        Wall times in seconds: ``train_s``
         (stage 1's includes its own embedding and evaluation), ``embed_s``
         (embeddings for the next clustering), ``eval_s``, ``cluster_s``
         and their sum ``wall_s``. ``epochs`` lists a training stage's
@@ -731,6 +738,7 @@ def collect_summary(stages, runner):
             report = _read_json(os.path.join(labels.folder, "labels.txt.json"))
             row["NMI"] = (report or {}).get("NMI")
             row["purity"] = (report or {}).get("purity")
+            row["session_pairs"] = (report or {}).get("session_pairs")
         if row_name == "dino":
             metrics = _read_json(
                 os.path.join(by_name["dino"].folder, "eval.json")
@@ -862,6 +870,26 @@ def summary_markdown(rows, caption=""):
             )
             + f" | {cell(row['wall_s'], 1)} |"
         )
+    pairs = [row for row in rows if row.get("session_pairs")]
+    if pairs:
+        lines += [
+            "",
+            "Pairs of utterances in one pseudo-class, by how they are "
+            "related (pseudo-labels that follow the recording sessions "
+            "rather than the speakers join far more same-session pairs than "
+            "same-speaker pairs from other sessions):",
+            "",
+            "| stage | same session | same speaker, other session | "
+            "other speakers |",
+            "|---|---|---|---|",
+        ]
+        for row in pairs:
+            shared = row["session_pairs"]
+            lines.append(
+                f"| {row['stage']} | {cell(shared['same_session'], 3)} | "
+                f"{cell(shared['same_speaker_other_session'], 3)} | "
+                f"{cell(shared['other_speaker'], 3)} |"
+            )
     epochs = [(row["stage"], e) for row in rows for e in row["epochs"] or []]
     if epochs:
         lines += [

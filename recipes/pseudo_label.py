@@ -231,6 +231,7 @@ def run(hparams, device="cpu"):
         "NMI": metrics.get("nmi"),
         "purity": metrics.get("purity"),
         "inverse_purity": metrics.get("inverse_purity"),
+        "session_pairs": stats.get("session_pairs"),
         "wall_s": {name: round(value, 2) for name, value in timings.items()},
         # ru_maxrss is in KiB on Linux.
         "peak_rss_gb": round(

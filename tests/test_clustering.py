@@ -18,6 +18,7 @@ from speechbrain_ext.verification.clustering import (
     kmeans,
     knn_connectivity,
     pseudo_label,
+    session_pair_agreement,
     speakers_from_keys,
 )
 
@@ -296,6 +297,56 @@ def test_speakers_from_keys():
         "id8",
     ]
     assert speakers_from_keys(["id8/v/2.wav", "flat.wav"]) is None
+
+
+def test_session_pair_agreement_counts_every_pair():
+    rng = np.random.default_rng(0)
+    keys = [
+        f"root/id{rng.integers(4)}/v{rng.integers(3)}/{i:05d}.wav"
+        for i in range(60)
+    ]
+    labels = rng.integers(0, 5, len(keys))
+    shared = {"same": [], "other_session": [], "other_speaker": []}
+    for i in range(len(keys)):
+        for j in range(i + 1, len(keys)):
+            speaker_i, video_i = keys[i].split("/")[1:3]
+            speaker_j, video_j = keys[j].split("/")[1:3]
+            kind = (
+                "other_speaker"
+                if speaker_i != speaker_j
+                else "same"
+                if video_i == video_j
+                else "other_session"
+            )
+            shared[kind].append(labels[i] == labels[j])
+    found = session_pair_agreement(keys, labels)
+    # Ratios of the same integer counts: equal exactly.
+    assert found == {
+        "same_session": sum(shared["same"]) / len(shared["same"]),
+        "same_speaker_other_session": sum(shared["other_session"])
+        / len(shared["other_session"]),
+        "other_speaker": sum(shared["other_speaker"])
+        / len(shared["other_speaker"]),
+    }
+
+
+def test_session_pair_agreement_without_such_pairs_or_sessions():
+    keys = ["a/v/1.wav", "a/w/1.wav", "b/x/1.wav"]
+    assert session_pair_agreement(keys, [0, 0, 1]) == {
+        "same_session": None,
+        "same_speaker_other_session": 1.0,
+        "other_speaker": 0.0,
+    }
+    assert session_pair_agreement(["v/1.wav", "v/2.wav"], [0, 0]) is None
+
+
+def test_pseudo_label_reports_session_pairs():
+    x, truth = speakers(n_speakers=3, per_speaker=4)
+    keys = [f"id{s}/v{i % 2}/{i:05d}.wav" for i, s in enumerate(truth)]
+    stats = {}
+    labels = pseudo_label(keys, x, 6, 3, stats=stats)
+    assert stats["session_pairs"] == session_pair_agreement(keys, labels)
+    assert stats["session_pairs"]["same_session"] == 1.0
 
 
 @pytest.mark.parametrize("method", ["exact", "fast"])

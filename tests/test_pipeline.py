@@ -253,6 +253,27 @@ def test_ecapa_encoder_rounds_start_from_stage_1(tmp_path):
     )
 
 
+def test_cluster_last_round_measures_without_changing_lmft_labels(tmp_path):
+    plain = [s.name for s in pipeline.plan_stages(hparams_for(tmp_path))]
+    assert "embeddings_round2" not in plain
+    hparams = hparams_for(tmp_path, cluster_last_round=True)
+    stages = pipeline.plan_stages(hparams)
+    names = [stage.name for stage in stages]
+    assert names[names.index("eval_round2") + 1 :][:2] == [
+        "embeddings_round2",
+        "pseudo_labels_round2",
+    ]
+    by_name = {stage.name: stage for stage in stages}
+    out = tmp_path / "out"
+    assert options(by_name["embeddings_round2"])["model_source"] == str(
+        out / "round2" / "save"
+    )
+    assert by_name["pseudo_labels_round2"].row == "round2"
+    assert options(by_name["lmft"])["train_list"] == str(
+        out / "pseudo_labels_round1" / "labels.txt"
+    )
+
+
 def test_ecapa_encoder_refuses_external_embeddings(tmp_path):
     with pytest.raises(SystemExit, match="model.encoder=ecapa"):
         pipeline.main(
@@ -355,7 +376,15 @@ def fake_outputs(stages, runner, tmp_path):
     for source, value in nmi.items():
         folder = by_name[f"pseudo_labels_{source}"].folder
         with open(os.path.join(folder, "labels.txt.json"), "w") as f:
-            json.dump({"NMI": value, "purity": value - 0.1}, f)
+            pairs = {
+                "same_session": value,
+                "same_speaker_other_session": value - 0.5,
+                "other_speaker": None,
+            }
+            json.dump(
+                {"NMI": value, "purity": value - 0.1, "session_pairs": pairs},
+                f,
+            )
     for source in ("round1", "round2", "lmft"):
         folder = by_name[f"eval_{source}"].folder
         methods = {"cosine": {"EER": eer[source] + 1}}
@@ -440,6 +469,9 @@ def test_summary_rows_json_markdown_and_plot(tmp_path):
     assert {"stage", "NMI", "EER", "minDCF_0.01", "wall_s"} <= set(saved[0])
     assert (out / "summary.md").read_text().strip() == table
     assert "| round1 | 0.900 | 0.800 | 10.00 | 11.00 | 0.5000 |" in table
+    assert rows[0]["session_pairs"]["same_session"] == 0.8
+    assert "| dino | 0.800 | 0.300 | - |" in table
+    assert "| round1 | 0.900 | 0.400 | - |" in table
     assert (
         "| round1 | 2 | 0.500 | 75.0 % | 0.800 | 0.400 | 3 | 0.600 | "
         "degenerate (why) |" in table

@@ -721,6 +721,73 @@ def cluster_metrics(true_labels, pred_labels):
     }
 
 
+def _pairs(*groupings):
+    """Unordered pairs of points that agree on every grouping given."""
+    _, counts = np.unique(
+        np.stack([np.unique(g, return_inverse=True)[1] for g in groupings]),
+        axis=1,
+        return_counts=True,
+    )
+    counts = counts.astype(np.int64)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def session_pair_agreement(keys, pred_labels):
+    """How often two utterances share a cluster, by how they are related.
+
+    Pseudo-labels that follow the recording sessions (channel, room, noise
+    floor: ``spk/video`` in the keys) rather than the speakers put two
+    utterances of one session together far more often than two utterances
+    of one speaker from different sessions. Counted over all unordered
+    pairs from the per-group cluster counts (no pair is enumerated).
+
+    Arguments
+    ---------
+    keys : list of str
+        Utterance paths ``spk/video/utt.wav``.
+    pred_labels : array-like
+        Cluster label of each key.
+
+    Returns
+    -------
+    dict or None
+        ``same_session``, ``same_speaker_other_session``,
+        ``other_speaker``: the fraction of such pairs in one cluster
+        (``None`` when there is no such pair); ``None`` when some key has
+        fewer than three path components.
+
+    Example
+    -------
+    >>> keys = ["a/v/1.wav", "a/v/2.wav", "a/w/1.wav", "b/x/1.wav"]
+    >>> found = session_pair_agreement(keys, [0, 0, 1, 1])
+    >>> found["same_session"], found["same_speaker_other_session"]
+    (1.0, 0.0)
+    >>> round(found["other_speaker"], 3)  # 1 of the 3 pairs with b
+    0.333
+    """
+    speakers = speakers_from_keys(keys)
+    if speakers is None:
+        return None
+    sessions = ["/".join(key.split("/")[-3:-1]) for key in keys]
+    labels = np.asarray(pred_labels)
+    n = len(labels)
+    session = (_pairs(sessions), _pairs(sessions, labels))
+    speaker = (_pairs(speakers), _pairs(speakers, labels))
+    every = (n * (n - 1) // 2, _pairs(labels))
+
+    def fraction(shared, total):
+        """``shared / total``, or ``None`` when there is no such pair."""
+        return shared / total if total else None
+
+    return {
+        "same_session": fraction(session[1], session[0]),
+        "same_speaker_other_session": fraction(
+            speaker[1] - session[1], speaker[0] - session[0]
+        ),
+        "other_speaker": fraction(every[1] - speaker[1], every[0] - speaker[0]),
+    }
+
+
 def pseudo_label(
     keys,
     matrix,
@@ -763,7 +830,8 @@ def pseudo_label(
         If given, filled with ``kmeans_s``, ``ahc_s``, ``inertia``,
         ``n_clusters`` / ``n_clusters_ahc`` (used), ``nonempty_clusters``
         and, when the keys name speakers, ``metrics`` (see
-        :func:`cluster_metrics`).
+        :func:`cluster_metrics`) and ``session_pairs`` (see
+        :func:`session_pair_agreement`).
 
     Returns
     -------
@@ -841,5 +909,16 @@ def pseudo_label(
             "against the speakers in the keys: NMI %.4f, purity %.4f, "
             "inverse purity %.4f",
             *stats["metrics"].values(),
+        )
+        pairs = session_pair_agreement(keys, labels)
+        stats["session_pairs"] = pairs
+        logger.info(
+            "pairs in one cluster: %s of same-session pairs, %s of "
+            "same-speaker pairs from other sessions, %s of other-speaker "
+            "pairs",
+            *(
+                "n/a" if value is None else f"{value:.3f}"
+                for value in pairs.values()
+            ),
         )
     return labels
