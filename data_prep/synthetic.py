@@ -101,13 +101,16 @@ DEFAULT_VARIABILITY = {
     "speaker_spread": 1.0,
     "channel_spread": 1.0,
     "accent": 0.0,
+    "min_snr": 0.0,
 }
 """How far voices differ and how far session channels depart from a clean
 one: ``speaker_spread`` scales the between-speaker standard deviations of
 :func:`speaker_voice`, ``channel_spread`` the session effects of
 :func:`session_channel`, ``accent`` gives each speaker their own use of the
-vowels and fricatives (0: everyone uses all alike). The defaults are the
-corpus of the tests."""
+vowels and fricatives (0: everyone uses all alike), ``min_snr`` (dB) raises
+every session's background-noise SNR to at least that (60: the background
+is practically gone; nothing else changes). The defaults are the corpus of
+the tests."""
 
 # F1, F2, F3 of eight vowels of an adult male voice (Hz).
 VOWELS = np.array(
@@ -204,7 +207,7 @@ def speaker_voice(rng, spread=1.0, accent=0.0):
     return voice
 
 
-def session_channel(rng, spread=1.0):
+def session_channel(rng, spread=1.0, min_snr=0.0):
     """Draw the channel of one session: microphone, noise and level.
 
     Arguments
@@ -215,6 +218,8 @@ def session_channel(rng, spread=1.0):
         Scales how far the session departs from a clean flat channel: the
         colouring gains (dB), the tilt, the high-pass range above 50 Hz,
         the chance of a telephone band and the SNR range below 30 dB.
+    min_snr : float
+        The SNR (dB) is at least this; the draws do not depend on it.
 
     Returns
     -------
@@ -250,10 +255,11 @@ def session_channel(rng, spread=1.0):
     if rng.random() < 0.3:
         for harmonic in hum * np.arange(1, 6):
             noise_db += 25.0 * np.exp(-0.5 * ((FREQS - harmonic) / 15.0) ** 2)
+    snr = rng.uniform(max(30.0 - 22.0 * spread, 0.0), 30.0)
     return {
         "response": response,
         "noise_colour": 10.0 ** (noise_db / 20.0),
-        "snr": rng.uniform(max(30.0 - 22.0 * spread, 0.0), 30.0),
+        "snr": max(snr, min_snr),
         "level": rng.uniform(-32.0, -16.0),
     }
 
@@ -623,7 +629,9 @@ def _speaker_job(task):
     rows = []
     for _ in range(sizes["n_videos"]):
         video = _video_id(rng)
-        channel = session_channel(rng, variability["channel_spread"])
+        channel = session_channel(
+            rng, variability["channel_spread"], variability["min_snr"]
+        )
         os.makedirs(os.path.join(root, speaker, video), exist_ok=True)
         for utt in range(1, sizes["n_utterances"] + 1):
             duration = rng.uniform(sizes["min_duration"], sizes["max_duration"])

@@ -224,6 +224,16 @@ def test_channel_spread_zero_is_a_clean_flat_channel():
         assert 8.0 <= default["snr"] <= 30.0
 
 
+def test_min_snr_raises_only_the_snr():
+    for seed in range(10):
+        default = session_channel(np.random.default_rng(seed))
+        quiet = session_channel(np.random.default_rng(seed), min_snr=20.0)
+        assert quiet["snr"] == max(default["snr"], 20.0)
+        for key in ("response", "noise_colour", "level"):
+            np.testing.assert_array_equal(quiet[key], default[key])
+    assert session_channel(np.random.default_rng(0), min_snr=60.0)["snr"] == 60
+
+
 def test_variability_is_recorded_and_default_corpus_unchanged(tmp_path):
     plain = generate_corpus(str(tmp_path / "a"), seed=3, n_jobs=1, **MICRO)
     same = generate_corpus(
@@ -257,6 +267,7 @@ def test_variability_is_recorded_and_default_corpus_unchanged(tmp_path):
             "speaker_spread": 1.0,
             "channel_spread": 0.5,
             "accent": 0.0,
+            "min_snr": 0.0,
         }
 
 

@@ -721,13 +721,9 @@ def cluster_metrics(true_labels, pred_labels):
     }
 
 
-def _pairs(*groupings):
-    """Unordered pairs of points that agree on every grouping given."""
-    _, counts = np.unique(
-        np.stack([np.unique(g, return_inverse=True)[1] for g in groupings]),
-        axis=1,
-        return_counts=True,
-    )
+def _pairs(codes):
+    """Unordered pairs of points with the same (non-negative int) code."""
+    _, counts = np.unique(codes, return_counts=True)
     counts = counts.astype(np.int64)
     return int((counts * (counts - 1) // 2).sum())
 
@@ -769,10 +765,15 @@ def session_pair_agreement(keys, pred_labels):
     if speakers is None:
         return None
     sessions = ["/".join(key.split("/")[-3:-1]) for key in keys]
-    labels = np.asarray(pred_labels)
+    labels = np.unique(np.asarray(pred_labels), return_inverse=True)[1]
+    labels = labels.astype(np.int64).ravel()
+    n_labels = labels.max(initial=0) + 1
     n = len(labels)
-    session = (_pairs(sessions), _pairs(sessions, labels))
-    speaker = (_pairs(speakers), _pairs(speakers, labels))
+    counts = []
+    for groups in (sessions, speakers):
+        codes = np.unique(groups, return_inverse=True)[1].astype(np.int64)
+        counts.append((_pairs(codes), _pairs(codes * n_labels + labels)))
+    session, speaker = counts
     every = (n * (n - 1) // 2, _pairs(labels))
 
     def fraction(shared, total):
