@@ -108,7 +108,7 @@ class DINOBrain(sb.Brain):
         batch = batch.to(self.device)
         global_wavs = self._crop_major(batch.global_crops.data)
         groups = [self._features(global_wavs)]
-        if batch.local_crops.data.shape[1] > 0:
+        if hasattr(batch, "local_crops"):
             local_wavs = self._crop_major(batch.local_crops.data)
             groups.append(self._features(local_wavs))
         _, student_out = self.modules.student(groups)
@@ -453,9 +453,11 @@ def dataio_prep(hparams, items, augmenter=None):
         yield local_crops
 
     sb.dataio.dataset.add_dynamic_item([dataset], crop_pipeline)
-    sb.dataio.dataset.set_output_keys(
-        [dataset], ["id", "global_crops", "local_crops"]
+    # Without local crops the batch has none: padding empty crops fails.
+    keys = ["id", "global_crops"] + (
+        ["local_crops"] if multi_crop.n_local else []
     )
+    sb.dataio.dataset.set_output_keys([dataset], keys)
     return dataset
 
 

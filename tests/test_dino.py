@@ -499,6 +499,22 @@ TINY_RUN = {
 }
 
 
+def test_training_with_global_crops_only(tiny_corpus, tmp_path):
+    values = {
+        **TINY_RUN,
+        "n_local_crops": 0,
+        "number_of_epochs": 1,
+        "data_folder": tiny_corpus["data_folder"],
+        "train_list": tiny_corpus["train_list"],
+        "output_folder": tmp_path / "out",
+    }
+    result = run_recipe(*overrides(values), "--noprogressbar")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "out" / "train_log.txt").read_text().splitlines()
+    assert [line.split(" - ")[0] for line in log] == ["epoch: 1"]
+    assert (tmp_path / "out" / "embeddings.pt").exists()
+
+
 @pytest.fixture
 def list_with_bad_files(tiny_corpus, tmp_path):
     """The tiny train list plus a missing and a corrupt file."""
