@@ -58,7 +58,7 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import normalized_mutual_info_score
-from sklearn.metrics.cluster import contingency_matrix
+from sklearn.metrics.cluster import contingency_matrix, pair_confusion_matrix
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.verification.graph_ward import ward_on_graph
@@ -721,21 +721,14 @@ def cluster_metrics(true_labels, pred_labels):
     }
 
 
-def _pairs(codes):
-    """Unordered pairs of points with the same (non-negative int) code."""
-    _, counts = np.unique(codes, return_counts=True)
-    counts = counts.astype(np.int64)
-    return int((counts * (counts - 1) // 2).sum())
-
-
 def session_pair_agreement(keys, pred_labels):
     """How often two utterances share a cluster, by how they are related.
 
     Pseudo-labels that follow the recording sessions (channel, room, noise
     floor: ``spk/video`` in the keys) rather than the speakers put two
     utterances of one session together far more often than two utterances
-    of one speaker from different sessions. Counted over all unordered
-    pairs from the per-group cluster counts (no pair is enumerated).
+    of one speaker from different sessions. Counted over all pairs by
+    scikit-learn's ``pair_confusion_matrix`` (no pair is enumerated).
 
     Arguments
     ---------
@@ -765,27 +758,21 @@ def session_pair_agreement(keys, pred_labels):
     if speakers is None:
         return None
     sessions = ["/".join(key.split("/")[-3:-1]) for key in keys]
-    labels = np.unique(np.asarray(pred_labels), return_inverse=True)[1]
-    labels = labels.astype(np.int64).ravel()
-    n_labels = labels.max(initial=0) + 1
-    n = len(labels)
-    counts = []
-    for groups in (sessions, speakers):
-        codes = np.unique(groups, return_inverse=True)[1].astype(np.int64)
-        counts.append((_pairs(codes), _pairs(codes * n_labels + labels)))
-    session, speaker = counts
-    every = (n * (n - 1) // 2, _pairs(labels))
+    # [i, j]: ordered pairs together (1) or not (0) in the group, then in
+    # the clustering.
+    session = pair_confusion_matrix(sessions, pred_labels)
+    speaker = pair_confusion_matrix(speakers, pred_labels)
 
     def fraction(shared, total):
         """``shared / total``, or ``None`` when there is no such pair."""
-        return shared / total if total else None
+        return int(shared) / int(total) if total else None
 
     return {
-        "same_session": fraction(session[1], session[0]),
+        "same_session": fraction(session[1, 1], session[1].sum()),
         "same_speaker_other_session": fraction(
-            speaker[1] - session[1], speaker[0] - session[0]
+            speaker[1, 1] - session[1, 1], speaker[1].sum() - session[1].sum()
         ),
-        "other_speaker": fraction(every[1] - speaker[1], every[0] - speaker[0]),
+        "other_speaker": fraction(speaker[0, 1], speaker[0].sum()),
     }
 
 
