@@ -57,6 +57,9 @@ from speechbrain_ext.lobes.dino import (
     select_embeddings,
 )
 from speechbrain_ext.nnet.dino_loss import teacher_temperature
+from speechbrain_ext.nnet.embedding_regularization import (
+    regularization_weight,
+)
 from speechbrain_ext.utils.finite import stop_on_nonfinite_loss
 from speechbrain_ext.utils.io_utils import atomic_open
 from speechbrain_ext.utils.random_state import item_seed
@@ -82,7 +85,9 @@ class DINOBrain(sb.Brain):
     Expects in ``modules``: ``student`` and ``teacher``
     (:class:`speechbrain_ext.lobes.dino.DINONetwork`), ``dino_loss``
     (:class:`speechbrain_ext.nnet.dino_loss.DINOLoss`), ``compute_features`` and
-    ``mean_var_norm``. ``steps_per_epoch`` must be set before ``fit`` (it
+    ``mean_var_norm``; in ``hparams`` the embedding regulariser
+    (:class:`speechbrain_ext.nnet.embedding_regularization.EmbeddingRegularizer`)
+    and its weight schedule. ``steps_per_epoch`` must be set before ``fit`` (it
     drives the learning-rate, momentum and temperature schedules).
     """
 
@@ -111,23 +116,36 @@ class DINOBrain(sb.Brain):
         if hasattr(batch, "local_crops"):
             local_wavs = self._crop_major(batch.local_crops.data)
             groups.append(self._features(local_wavs))
-        _, student_out = self.modules.student(groups)
+        student_emb, student_out = self.modules.student(groups)
         with torch.no_grad():
-            _, teacher_out = self.modules.teacher(groups[0])
-        return student_out, teacher_out
+            teacher_emb, teacher_out = self.modules.teacher(groups[0])
+        return student_emb, student_out, teacher_emb, teacher_out
 
     def compute_objectives(self, predictions, batch, stage):
-        """The DINO loss at the current teacher temperature."""
-        student_out, teacher_out = predictions
+        """The DINO loss at the current teacher temperature, plus RDINO's
+        embedding regulariser at its current weight."""
+        student_emb, student_out, teacher_emb, teacher_out = predictions
+        epoch = self.progress_epochs()
         self.temperature = teacher_temperature(
-            self.progress_epochs(),
+            epoch,
             self.hparams.warmup_teacher_temperature,
             self.hparams.teacher_temperature,
             self.hparams.warmup_teacher_temperature_epochs,
         )
-        return self.modules.dino_loss(
+        loss = self.modules.dino_loss(
             student_out, teacher_out, self.temperature
         )
+        self.reg_weight = regularization_weight(
+            epoch,
+            self.hparams.regularization_weight,
+            self.hparams.regularization_start_weight,
+            self.hparams.regularization_warmup_epochs,
+        )
+        if self.reg_weight > 0:
+            loss = loss + self.reg_weight * (
+                self.hparams.embedding_regularizer(student_emb, teacher_emb)
+            )
+        return loss
 
     def on_fit_batch_start(self, batch, should_step):
         """Set the learning rate of this step (linear warm-up, cosine)."""
@@ -187,6 +205,7 @@ class DINOBrain(sb.Brain):
             "lr": getattr(self, "lr", self.hparams.lr),
             "teacher_momentum": getattr(self, "momentum", None),
             "teacher_temperature": getattr(self, "temperature", None),
+            "regularization_weight": getattr(self, "reg_weight", None),
         }
         self.hparams.train_logger.log_stats(
             stats_meta={"epoch": epoch}, train_stats=stats
@@ -568,6 +587,14 @@ def main(argv):
         sys.exit(
             f"{hparams['train_list']}: {per_process} usable utterances per "
             f"process, fewer than batch_size={loader_options['batch_size']}"
+        )
+    if hparams["regularization_weight"] > 0 and (
+        loader_options["batch_size"] * world_size < 2
+    ):
+        sys.exit(
+            "regularization_weight > 0 needs at least 2 utterances per step "
+            f"(batch_size={loader_options['batch_size']} x {world_size} "
+            "processes): the regulariser uses batch statistics"
         )
     try:
         brain.fit(

@@ -515,6 +515,24 @@ def test_training_with_global_crops_only(tiny_corpus, tmp_path):
     assert (tmp_path / "out" / "embeddings.pt").exists()
 
 
+def test_regulariser_with_one_utterance_per_step_is_one_clear_line(
+    tiny_corpus, tmp_path
+):
+    values = {
+        **TINY_RUN,
+        "batch_size": 1,
+        "data_folder": tiny_corpus["data_folder"],
+        "train_list": tiny_corpus["train_list"],
+        "output_folder": tmp_path / "out",
+    }
+    result = run_recipe(*overrides(values), "--noprogressbar", timeout=120)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "regularization_weight > 0 needs at least 2 utterances" in last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "embeddings.pt").exists()
+
+
 @pytest.fixture
 def list_with_bad_files(tiny_corpus, tmp_path):
     """The tiny train list plus a missing and a corrupt file."""

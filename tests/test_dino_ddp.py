@@ -5,7 +5,8 @@ ECAPA-TDNN batch norms into ``SyncBatchNorm``, which runs on GPU only. So the
 recipe's own ``DINOBrain`` trains a batch-norm-free student here, through
 ``fit_batch`` (student DDP-wrapped by SpeechBrain, DINO loss with the
 all-reduced center, EMA teacher), two processes each holding half of every
-batch against one process holding all of it.
+batch against one process holding all of it (RDINO's batch-statistics
+regulariser included, gathered over the processes).
 """
 
 import importlib.util
@@ -24,6 +25,7 @@ from speechbrain.processing.features import InputNormalization
 
 from speechbrain_ext.lobes.dino import DINOHead, DINONetwork, make_teacher
 from speechbrain_ext.nnet.dino_loss import DINOLoss
+from speechbrain_ext.nnet.embedding_regularization import EmbeddingRegularizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "train_dino.py"
@@ -42,6 +44,11 @@ HPARAMS = {
     "warmup_teacher_temperature": 0.04,
     "teacher_temperature": 0.07,
     "warmup_teacher_temperature_epochs": 1,
+    # RDINO's regulariser on batch statistics: gathered over the processes.
+    "regularization_weight": 0.2,
+    "regularization_start_weight": 0.05,
+    "regularization_warmup_epochs": 2,
+    "embedding_regularizer": EmbeddingRegularizer(N_GLOBAL),
 }
 
 
