@@ -1,4 +1,6 @@
-"""The espeak-ng corpus tool: parts that do not need espeak-ng."""
+"""The espeak-ng corpus tool (one test needs espeak-ng, skipped without it)."""
+
+import shutil
 
 import numpy as np
 import pytest
@@ -35,3 +37,33 @@ def test_speakers_are_distinct_and_sessions_change_the_channel():
         assert np.abs(out).max() <= 0.99
     n = min(len(o) for o in outs)
     assert not np.allclose(outs[0][:n], outs[1][:n])
+
+
+@pytest.mark.skipif(
+    shutil.which(espeak_corpus.ESPEAK) is None, reason="needs espeak-ng"
+)
+def test_generate_writes_a_tiny_corpus(tmp_path):
+    outputs = espeak_corpus.generate(
+        str(tmp_path / "corpus"),
+        n_jobs=1,
+        n_train_speakers=2,
+        n_test_speakers=3,
+        n_videos=2,
+        n_utterances=1,
+        n_trials=6,
+        n_musan=1,
+        musan_duration=1.0,
+        n_rir_rooms=1,
+        n_rirs=1,
+    )
+    assert outputs["dev_trials"] is None  # no development speakers
+    lines = open(outputs["train_list"], encoding="utf-8").read().splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        speaker, path = line.split()
+        assert (tmp_path / "corpus" / "wav" / path).is_file()
+    trials = open(outputs["trials"], encoding="utf-8").read().splitlines()
+    assert {line.split()[0] for line in trials} == {"0", "1"}
+    for line in trials:
+        for path in line.split()[1:]:
+            assert (tmp_path / "corpus" / "wav" / path).is_file()
