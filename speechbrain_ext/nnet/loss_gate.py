@@ -25,16 +25,19 @@ gate from a tail. The gate removes the minority of samples whose
 pseudo-label is wrong, relying on the low-loss component being the
 correctly labelled samples the model has learned, a population. Before the
 model has learned them, or when most pseudo-labels are wrong, the
-mixture's low component is the thin tail of samples learned first (1.5-17 %
-of the samples in such fits on the small corpora of the README), and a
-threshold there would train the next epoch on that tail alone; the
-collapse of issue 12 began with such a fit (17 % kept), and a spike of
-clamped zero losses gave 0.03 %. Fits that separate a population kept
-21-56 % on the README's second corpus, with kept samples purer than the
-rejected ones in 20 of 22 gated epochs, and keep most of the samples at
-VoxCeleb scale. ``min_kept_fraction: 0.0`` accepts every fit with a
-crossing (the reference accepts any fit with exactly one crossing and
-stops otherwise).
+mixture's low component is the thin tail of samples learned first (0.3-9 %
+of the samples in such fits on the README's earlier demo corpus, whose
+pseudo-labels were 63 % wrong), and a threshold there would train the next
+epoch on that tail alone; the collapse of issue 12 began with such a fit
+(17 % kept), and a spike of clamped zero losses gave 0.03 %. Fits that
+separate a population kept 22-37 % of the samples on the demo corpus (the
+kept samples purer than the rejected ones in all 21 gated epochs) and
+45-61 % on the README's second corpus, and keep most of the samples at
+VoxCeleb scale. A round's first fit, after epoch 4, can fall between (10-20 %
+on the demo corpus, the population only partly learnt): the floor then
+delays the gate by an epoch or two. ``min_kept_fraction: 0.0`` accepts
+every fit with a crossing (the reference accepts any fit with exactly one
+crossing and stops otherwise).
 """
 
 import math
