@@ -302,7 +302,7 @@ def generate(output_folder, seed=1, n_jobs=None, **sizes):
     sizes = {**SIZES, **sizes}
     variants = espeak_variants()
     settings = {"seed": seed, **sizes, "variants": variants}
-    outputs = synthetic._outputs(output_folder, {"n_dev_speakers": 0})
+    outputs = synthetic._outputs(output_folder, with_dev_trials=False)
     marker = os.path.join(output_folder, MARKER)
     if os.path.isfile(marker):
         with open(marker, encoding="utf-8") as f:

@@ -719,14 +719,14 @@ def make_trials(utterances, n_trials, rng):
     return trials
 
 
-def _outputs(folder, sizes):
-    """The paths generate_corpus returns."""
+def _outputs(folder, with_dev_trials):
+    """The paths generate_corpus returns (``dev_trials`` None without)."""
     return {
         "data_folder": os.path.join(folder, "wav"),
         "train_list": os.path.join(folder, "train_list.txt"),
         "trials": os.path.join(folder, "trials.txt"),
         "dev_trials": os.path.join(folder, "dev_trials.txt")
-        if sizes["n_dev_speakers"]
+        if with_dev_trials
         else None,
         "noise_folder": os.path.join(folder, "musan"),
         "rir_folder": os.path.join(folder, "rirs"),
@@ -815,7 +815,7 @@ def generate_corpus(
     settings = {"format": FORMAT_VERSION, "seed": seed, **sizes}
     if variability != DEFAULT_VARIABILITY:
         settings["variability"] = variability
-    outputs = _outputs(output_folder, sizes)
+    outputs = _outputs(output_folder, sizes["n_dev_speakers"] > 0)
     marker = os.path.join(output_folder, MARKER)
     if os.path.isfile(marker):
         try:

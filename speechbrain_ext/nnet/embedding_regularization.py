@@ -32,6 +32,7 @@ Example
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather
 
 
 def regularization_weight(epoch, weight, start_weight=0.05, warmup_epochs=10):
@@ -78,15 +79,7 @@ def _gather(x):
         and torch.distributed.get_world_size() > 1
     ):
         return x
-    if x.requires_grad:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x))
-    parts = [
-        torch.empty_like(x) for _ in range(torch.distributed.get_world_size())
-    ]
-    torch.distributed.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    return torch.cat(all_gather(x))
 
 
 def diversity_and_redundancy(embeddings, eps=1e-4):
