@@ -242,15 +242,40 @@ def test_ecapa_encoder_rounds_start_from_stage_1(tmp_path):
         assert found["dino_network"] == "student"  # demo's extract_network
         assert found["encoder"] == "ecapa"
         assert json.loads(found["ecapa"])["channels"] == [32, 32, 32, 32, 96]
-    # The reference's rounds restart from the pre-trained weights ...
-    assert options(stages["round2"])["init_encoder_from"] == "null"
-    # ... continue_rounds starts round N from round N-1.
-    hparams = hparams_for(tmp_path, name="demo.yaml", continue_rounds=True)
-    stages = {s.name: s for s in pipeline.plan_stages(hparams)}
+    # The demo (continue_rounds) starts round N from round N-1 ...
     assert options(stages["round1"])["init_encoder_from"] == "null"
     assert options(stages["round2"])["init_encoder_from"] == str(
         tmp_path / "out" / "round1" / "save"
     )
+    # ... the reference's rounds restart from the pre-trained weights.
+    hparams = hparams_for(tmp_path, name="demo.yaml", continue_rounds=False)
+    stages = {s.name: s for s in pipeline.plan_stages(hparams)}
+    assert options(stages["round2"])["init_encoder_from"] == "null"
+
+
+def test_demo_rounds_stretch_the_reference_schedule_twice(tmp_path):
+    """A demo epoch is 30 steps: its rounds run the reference's schedule over
+    twice the epochs, at the reference's learning rates."""
+    demo = hparams_for(tmp_path, name="demo.yaml")["round_overrides"]
+    with open(ROOT / "hparams" / "round1.yaml", encoding="utf-8") as f:
+        reference = load_hyperpyyaml(
+            f,
+            {
+                "data_folder": str(tmp_path),
+                "train_list": str(tmp_path / "pl.txt"),
+                "pretrained_wavlm": None,
+                "output_folder": str(tmp_path / "out"),
+            },
+        )
+    assert demo["number_of_epochs"] == 2 * reference["number_of_epochs"]
+    for start in ("gate_start_epoch", "lc_start_epoch"):
+        assert demo[start] - 1 == 2 * (reference[start] - 1)
+    # 0.9747 is 0.95 ** 0.5 rounded to 4 decimals: squared, within
+    # 2 x 0.5e-4 of 0.95.
+    assert demo["lr_decay"] ** 2 == pytest.approx(
+        reference["lr_decay"], abs=1e-4
+    )
+    assert not {"lr_backend", "lr_ecapa"} & demo.keys()
 
 
 def test_cluster_last_round_measures_without_changing_lmft_labels(tmp_path):
