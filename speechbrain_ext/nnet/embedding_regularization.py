@@ -183,7 +183,7 @@ class EmbeddingRegularizer(torch.nn.Module):
         student = _gather(self._utterance_embeddings(student_embeddings, batch))
         with torch.no_grad():
             teacher = _gather(
-                self._utterance_embeddings(teacher_embeddings.detach(), batch)
+                self._utterance_embeddings(teacher_embeddings, batch)
             )
         student_div, student_red = diversity_and_redundancy(student, self.eps)
         teacher_div, teacher_red = diversity_and_redundancy(teacher, self.eps)
