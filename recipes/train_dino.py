@@ -493,9 +493,14 @@ def build_crop_augmenter(hparams):
     Returns
     -------
     speechbrain_ext.dataio.augment.SixWayAugment or None
-        None when neither ``noise_folder`` nor ``rir_folder`` is given.
+        None when neither ``noise_folder`` nor ``rir_folder`` is given and
+        no random channel is used.
     """
+    augmenter = hparams["crop_augmenter"]
     if not hparams["noise_folder"] and not hparams["rir_folder"]:
+        if augmenter.uses_channel:
+            augmenter.log_coverage()
+            return augmenter
         logger.info("no noise_folder or rir_folder: crops are not augmented")
         return None
     run_on_main(
@@ -506,7 +511,6 @@ def build_crop_augmenter(hparams):
             "rir_folder": hparams["rir_folder"],
         },
     )
-    augmenter = hparams["crop_augmenter"]
     augmenter.log_coverage()
     return augmenter
 

@@ -147,8 +147,18 @@ def test_train_cli_error_is_one_line_on_stderr(inputs, tmp_path):
         (lambda a: a + ["--lr_backend=1"], "--lr_backend is given more"),
         (lambda a: a + ["--margin=big"], "--margin=big: expected a number"),
         (lambda a: a + ["--gate_start_epoch=2.5"], "expected an integer"),
+        (
+            lambda a: a + ["--channel_augment_prob=1.5"],
+            "--channel_augment_prob=1.5: expected a fraction in [0, 1]",
+        ),
     ],
-    ids=["typo_in_hparams_path", "key_twice", "type_error", "float_for_int"],
+    ids=[
+        "typo_in_hparams_path",
+        "key_twice",
+        "type_error",
+        "float_for_int",
+        "probability_above_1",
+    ],
 )
 def test_command_line_mistakes(inputs, tmp_path, argv_edit, expected):
     argv = argv_edit(train_argv(inputs, tmp_path / "out", lr_backend=0.1))

@@ -14,6 +14,7 @@ import torch
 from float32_bounds import U, gamma
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
+from speechbrain_ext.dataio.augment import RandomChannel, SixWayAugment
 from speechbrain_ext.dataio.embeddings_io import (
     EmbeddingsFileError,
     load_embeddings,
@@ -360,6 +361,19 @@ def load_recipe_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_random_channel_augments_without_noise_or_rir_folders(tmp_path):
+    module = load_recipe_module()
+    augmenter = SixWayAugment(channel=RandomChannel(prob=0.5))
+    hparams = {
+        "noise_folder": None,
+        "rir_folder": None,
+        "crop_augmenter": augmenter,
+    }
+    assert module.build_crop_augmenter(hparams) is augmenter
+    hparams["crop_augmenter"] = SixWayAugment()
+    assert module.build_crop_augmenter(hparams) is None
 
 
 def test_missing_placeholder_is_one_clear_line(tmp_path):

@@ -121,3 +121,11 @@ def test_stage_1_crop_augmenter_reads_what_the_script_prepares(
         tmp_path / "out" / "save"
     )
     assert sorted(augmenter.load()) == ["babble", "music", "noise"]
+
+
+@pytest.mark.parametrize("name", ("dino.yaml",) + TRAINING)
+def test_recipe_defaults_leave_the_channel_out_as_the_reference(name, tmp_path):
+    key = "crop_augmenter" if name == "dino.yaml" else "augmenter"
+    assert not load(name, tmp_path)[key].uses_channel
+    channel = load(name, tmp_path, channel_augment_prob=0.5)[key].channel
+    assert channel.prob == 0.5

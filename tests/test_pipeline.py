@@ -278,6 +278,12 @@ def test_demo_rounds_stretch_the_reference_schedule_twice(tmp_path):
     assert not {"lr_backend", "lr_ecapa"} & demo.keys()
 
 
+def test_demo_stage_1_and_rounds_pass_through_random_channels(tmp_path):
+    demo = hparams_for(tmp_path, name="demo.yaml")
+    for overrides in ("dino_overrides", "round_overrides"):
+        assert demo[overrides]["channel_augment_prob"] == 0.5
+
+
 def test_cluster_last_round_measures_without_changing_lmft_labels(tmp_path):
     plain = [s.name for s in pipeline.plan_stages(hparams_for(tmp_path))]
     assert "embeddings_round2" not in plain

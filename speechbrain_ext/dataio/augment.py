@@ -17,11 +17,18 @@ music only; ``music_only_for_babble_music=True`` reproduces that.
 
 The files come from the CSVs of :mod:`data_prep.augmentation` (MUSAN
 ``music``, ``speech``, ``noise`` and the simulated RIRs).
+
+Not in the reference, off by default: :class:`RandomChannel` passes the
+chosen view through a random recording channel (high-pass, EQ bands, a
+telephone band), which the demo uses (see the README).
 """
 
 import csv
+import math
 import os
 
+import numpy as np
+import scipy.signal
 import soundfile
 import torch
 from speechbrain.augment.time_domain import AddNoise
@@ -258,6 +265,219 @@ class RandomFileReverb(nn.Module):
         return torch.cat(rows).squeeze(-1)
 
 
+def peaking_eq_section(centre, gain_db, q, sample_rate):
+    """One peaking-EQ biquad of the Audio EQ Cookbook, as a second-order
+    section (scipy's ``sos`` row). Written out because scipy designs no
+    peaking EQ (torchaudio's ``equalizer_biquad`` filters but does not
+    return its coefficients, and filters ~10x slower than ``sosfilt``).
+
+    Arguments
+    ---------
+    centre : float
+        Centre frequency (Hz).
+    gain_db : float
+        Gain at the centre (dB).
+    q : float
+        Quality factor.
+    sample_rate : int
+        Of the audio.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[1, 6]``: ``b0, b1, b2, 1, a1, a2``.
+
+    Example
+    -------
+    >>> section = peaking_eq_section(1000.0, 6.0, 1.0, 16000)
+    >>> _, response = scipy.signal.sosfreqz(section, [1000.0], fs=16000)
+    >>> round(20 * math.log10(abs(response[0])), 6)
+    6.0
+    """
+    amplitude = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * math.pi * centre / sample_rate
+    alpha = math.sin(w0) / (2.0 * q)
+    b = [1.0 + alpha * amplitude, -2.0 * math.cos(w0), 1.0 - alpha * amplitude]
+    a = [1.0 + alpha / amplitude, -2.0 * math.cos(w0), 1.0 - alpha / amplitude]
+    return np.array([[*(v / a[0] for v in b), *(v / a[0] for v in a)]])
+
+
+class RandomChannel(nn.Module):
+    """Pass an utterance through a random recording channel.
+
+    A microphone / transmission colouring that neither MUSAN noise nor room
+    impulse responses simulate: a second-order Butterworth high-pass at
+    ``highpass`` Hz, a few peaking-EQ bands (centres drawn log-uniformly in
+    ``peak_freq``, gains ``N(0, peak_gain_db)`` dB, Q in ``peak_q``) and,
+    with probability ``telephone_prob``, a fourth-order Butterworth
+    low-pass at ``lowpass`` Hz (a telephone band). An utterance goes
+    through a channel with probability ``prob``. The cascade runs as
+    second-order sections in float64 (``scipy.signal.sosfilt``). Not part
+    of the reference: see the README's demo settings for why the demo uses
+    it.
+
+    Arguments
+    ---------
+    prob : float
+        Chance that an utterance goes through a channel at all.
+    sample_rate : int
+        Of the audio.
+    highpass : sequence of float
+        Range (Hz) of the high-pass cut-off.
+    n_peaks : sequence of int
+        Inclusive range of the number of EQ bands.
+    peak_freq : sequence of float
+        Range (Hz, drawn log-uniformly) of the EQ centres.
+    peak_gain_db : float
+        Standard deviation (dB) of an EQ band's gain.
+    peak_q : sequence of float
+        Range of the EQ bands' Q.
+    telephone_prob : float
+        Chance of a telephone-band low-pass.
+    lowpass : sequence of float
+        Range (Hz) of that low-pass cut-off.
+
+    Example
+    -------
+    >>> channel = RandomChannel()
+    >>> channel(torch.randn(2, 16000)).shape
+    torch.Size([2, 16000])
+    """
+
+    def __init__(
+        self,
+        prob=1.0,
+        sample_rate=16000,
+        highpass=(50.0, 300.0),
+        n_peaks=(2, 4),
+        peak_freq=(100.0, 6000.0),
+        peak_gain_db=6.0,
+        peak_q=(0.5, 2.0),
+        telephone_prob=0.3,
+        lowpass=(3400.0, 4500.0),
+    ):
+        super().__init__()
+        for name, value in (("prob", prob), ("telephone_prob", telephone_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"RandomChannel: {name} must be in [0, 1], got {value}"
+                )
+        self.prob = prob
+        self.sample_rate = sample_rate
+        self.highpass = tuple(highpass)
+        self.n_peaks = tuple(n_peaks)
+        self.peak_freq = tuple(peak_freq)
+        self.peak_gain_db = peak_gain_db
+        self.peak_q = tuple(peak_q)
+        self.telephone_prob = telephone_prob
+        self.lowpass = tuple(lowpass)
+
+    @staticmethod
+    def _uniform(low, high):
+        return low + (high - low) * float(torch.rand(()))
+
+    def draw(self):
+        """Draw one channel (from torch's random generator).
+
+        Returns
+        -------
+        dict or None
+            None (no channel) or ``highpass`` (Hz), ``peaks`` (list of
+            ``(centre Hz, gain dB, Q)``) and ``lowpass`` (Hz, or None).
+
+        Example
+        -------
+        >>> sorted(RandomChannel().draw())
+        ['highpass', 'lowpass', 'peaks']
+        """
+        if float(torch.rand(())) >= self.prob:
+            return None
+        highpass = self._uniform(*self.highpass)
+        log_low, log_high = (math.log(f) for f in self.peak_freq)
+        peaks = [
+            (
+                math.exp(self._uniform(log_low, log_high)),
+                self.peak_gain_db * float(torch.randn(())),
+                self._uniform(*self.peak_q),
+            )
+            for _ in range(
+                int(torch.randint(self.n_peaks[0], self.n_peaks[1] + 1, ()))
+            )
+        ]
+        lowpass = None
+        if float(torch.rand(())) < self.telephone_prob:
+            lowpass = self._uniform(*self.lowpass)
+        return {"highpass": highpass, "peaks": peaks, "lowpass": lowpass}
+
+    def sections(self, channel):
+        """The second-order sections of a drawn channel.
+
+        Arguments
+        ---------
+        channel : dict
+            From :meth:`draw`.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[n_sections, 6]`` (scipy's ``sos`` layout).
+        """
+        rate = self.sample_rate
+        sections = [
+            scipy.signal.butter(
+                2, channel["highpass"], "highpass", fs=rate, output="sos"
+            )
+        ]
+        sections += [
+            peaking_eq_section(centre, gain, q, rate)
+            for centre, gain, q in channel["peaks"]
+        ]
+        if channel["lowpass"] is not None:
+            sections.append(
+                scipy.signal.butter(
+                    4, channel["lowpass"], "lowpass", fs=rate, output="sos"
+                )
+            )
+        return np.concatenate(sections)
+
+    def apply(self, wav, channel):
+        """Filter audio through a given channel.
+
+        Arguments
+        ---------
+        wav : torch.Tensor
+            ``[..., samples]``.
+        channel : dict or None
+            From :meth:`draw` (None: unchanged).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[..., samples]``.
+        """
+        if channel is None:
+            return wav
+        filtered = scipy.signal.sosfilt(
+            self.sections(channel), wav.detach().cpu().double().numpy()
+        )
+        return torch.from_numpy(filtered).to(wav)
+
+    def forward(self, wav):
+        """Filter each row through its own random channel.
+
+        Arguments
+        ---------
+        wav : torch.Tensor
+            ``[batch, samples]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, samples]``.
+        """
+        return torch.stack([self.apply(row, self.draw()) for row in wav])
+
+
 class SixWayAugment(nn.Module):
     """Apply one of the six reference augmentations to each utterance.
 
@@ -265,8 +485,10 @@ class SixWayAugment(nn.Module):
     :func:`data_prep.augmentation.prepare_augmentation` writes: the script
     prepares them first, and the files are read on first use (as
     SpeechBrain's ``AddNoise`` reads its ``csv_file``). A CSV that is not
-    given or does not exist leaves its choice clean; with no data at all
-    the module is the identity and ``enabled`` is False.
+    given or does not exist leaves its choice clean. An optional ``channel``
+    (:class:`RandomChannel`, not in the reference) then filters the result.
+    With no data and no channel the module is the identity and ``enabled``
+    is False.
 
     Arguments
     ---------
@@ -280,6 +502,8 @@ class SixWayAugment(nn.Module):
         its own SNR drawn in ``babble_snr``).
     music_only_for_babble_music : bool
         Reproduce the reference's bug: "babble + music" applies music only.
+    channel : RandomChannel, optional
+        Applied after the choice (None, or ``prob`` 0: the reference).
 
     Example
     -------
@@ -302,8 +526,10 @@ class SixWayAugment(nn.Module):
         noise_snr=(0.0, 15.0),
         babble_speakers=(3, 8),
         music_only_for_babble_music=False,
+        channel=None,
     ):
         super().__init__()
+        self.channel = channel
         self.csv_files = {
             "music": music_csv,
             "speech": speech_csv,
@@ -356,13 +582,23 @@ class SixWayAugment(nn.Module):
         return self.ops
 
     @property
+    def uses_channel(self):
+        """Whether a random channel filters some of the utterances."""
+        return self.channel is not None and self.channel.prob > 0
+
+    @property
     def enabled(self):
-        """Whether any augmentation data was found."""
-        return bool(self.load())
+        """Whether any augmentation data was found or a channel is used."""
+        return bool(self.load()) or self.uses_channel
 
     def log_coverage(self):
         """Log what the augmentation uses, loudly when it has nothing."""
         files = self.available_files()
+        if self.uses_channel:
+            logger.info(
+                "Random recording channel on %.0f%% of the utterances",
+                100 * self.channel.prob,
+            )
         if not self.enabled:
             logger.warning(
                 "NO DATA AUGMENTATION: no MUSAN or RIR files were given "
@@ -439,6 +675,8 @@ class SixWayAugment(nn.Module):
             out = self._apply("music", out)
         else:
             out = self._apply(choice, out)
+        if self.channel is not None:
+            out = self.channel(out)
         return out.squeeze(0)
 
 

@@ -72,7 +72,8 @@ def override_type_problem(key, value, default):
     """Why an override does not have the type of its default, if it does not.
 
     Only defaults that are plain numbers or booleans are checked; ``null``
-    and tagged values (``!ref``, ``!name:``...) are accepted.
+    and tagged values (``!ref``, ``!name:``...) are accepted. Keys ending in
+    ``_prob`` or ``_fraction`` must be in [0, 1].
 
     Arguments
     ---------
@@ -95,6 +96,8 @@ def override_type_problem(key, value, default):
     True
     >>> override_type_problem("epochs", 1.5, 15)
     '--epochs=1.5: expected an integer (the default is 15)'
+    >>> override_type_problem("noise_prob", 1.5, 0.0)
+    '--noise_prob=1.5: expected a fraction in [0, 1]'
     """
     if (
         value is None
@@ -116,6 +119,8 @@ def override_type_problem(key, value, default):
         return (
             f"--{key}={value}: expected an integer (the default is {default})"
         )
+    if key.endswith(("_prob", "_fraction")) and not 0 <= value <= 1:
+        return f"--{key}={value}: expected a fraction in [0, 1]"
     return None
 
 
