@@ -129,3 +129,9 @@ def test_recipe_defaults_leave_the_channel_out_as_the_reference(name, tmp_path):
     assert not load(name, tmp_path)[key].uses_channel
     channel = load(name, tmp_path, channel_augment_prob=0.5)[key].channel
     assert channel.prob == 0.5
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_gate_floor_is_ten_percent(name, tmp_path):
+    """Between measured tails (<= 9 %) and populations (>= 18.8 %)."""
+    assert load(name, tmp_path)["loss_gate"].min_kept_fraction == 0.1

@@ -147,11 +147,11 @@ def test_round_trains_gates_corrects_and_checkpoints(round_run):
     assert float(log[0]["kept_fraction"]) == 1.0
     # Each epoch uses the threshold fitted after the one before; a
     # degenerate fit keeps the previous threshold, unless that one kept less
-    # than the floor (20%) of the epoch's samples: then the gate goes off.
+    # than the floor (10%) of the epoch's samples: then the gate goes off.
     previous = "none"
     for row, following in zip(log, log[1:] + [None]):
         if "gate_fit" in row:
-            dropped = previous != "none" and float(row["kept_fraction"]) < 0.2
+            dropped = previous != "none" and float(row["kept_fraction"]) < 0.1
             assert row["next_threshold"] == ("none" if dropped else previous)
         if following is not None:
             assert following["threshold"] == row["next_threshold"]

@@ -160,6 +160,27 @@ def test_gate_keeps_previous_threshold_on_degenerate_fit(tmp_path, caplog):
     assert "gate off until the next good fit" in caplog.text
 
 
+@pytest.mark.parametrize("low_share, accepted", [(0.15, True), (0.05, False)])
+def test_gate_floor_accepts_a_small_population_and_refuses_a_tail(
+    low_share, accepted
+):
+    """The default floor (10 %) sits between tails (<= 9 % measured) and
+    populations (>= 18.8 % measured): a well separated low component of
+    15 % is a gate, one of 5 % a tail."""
+    rng = np.random.default_rng(0)
+    n_low = int(20000 * low_share)
+    losses = np.concatenate(
+        [rng.normal(-2.0, 0.5, n_low), rng.normal(2.0, 0.5, 20000 - n_low)]
+    )
+    gate = DynamicLossGate(start_epoch=1)
+    gate.record(torch.from_numpy(losses))
+    info = gate.end_epoch(1)
+    assert np.mean(losses <= info["candidate"]) == pytest.approx(
+        low_share, abs=0.01
+    )
+    assert (info["degenerate"] is None) == accepted
+
+
 def test_gate_checkpoint_round_trip(tmp_path):
     gate = DynamicLossGate()
     gate.threshold = 0.25
