@@ -266,11 +266,12 @@ class RandomFileReverb(nn.Module):
 
 
 def peaking_eq_section(centre, gain_db, q, sample_rate):
-    """One peaking-EQ biquad of the Audio EQ Cookbook, as a second-order
-    section (scipy's ``sos`` row). Written out because scipy designs no
-    peaking EQ; torchaudio's ``equalizer_biquad`` filters but does not
-    return its coefficients, and its biquads run a channel several times
-    slower than ``sosfilt`` (``benchmarks/bench_channel.py``).
+    """A peaking-EQ biquad of the Audio EQ Cookbook as an ``sos`` row.
+
+    Written out because scipy designs no peaking EQ; torchaudio's
+    ``equalizer_biquad`` filters but does not return its coefficients, and
+    its biquads run a channel several times slower than ``sosfilt``
+    (``benchmarks/bench_channel.py``).
 
     Arguments
     ---------
