@@ -497,20 +497,18 @@ def build_crop_augmenter(hparams):
         no random channel is used.
     """
     augmenter = hparams["crop_augmenter"]
-    if not hparams["noise_folder"] and not hparams["rir_folder"]:
-        if augmenter.uses_channel:
-            augmenter.log_coverage()
-            return augmenter
+    if hparams["noise_folder"] or hparams["rir_folder"]:
+        run_on_main(
+            prepare_augmentation,
+            kwargs={
+                "output_folder": hparams["augmentation_folder"],
+                "noise_folder": hparams["noise_folder"],
+                "rir_folder": hparams["rir_folder"],
+            },
+        )
+    elif not augmenter.uses_channel:
         logger.info("no noise_folder or rir_folder: crops are not augmented")
         return None
-    run_on_main(
-        prepare_augmentation,
-        kwargs={
-            "output_folder": hparams["augmentation_folder"],
-            "noise_folder": hparams["noise_folder"],
-            "rir_folder": hparams["rir_folder"],
-        },
-    )
     augmenter.log_coverage()
     return augmenter
 
