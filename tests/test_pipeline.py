@@ -5,10 +5,12 @@ import json
 import os
 import pathlib
 import sys
+from math import comb
 
 import pytest
 from hyperpyyaml import load_hyperpyyaml
 
+from data_prep.synthetic import DEFAULT_SIZES
 from speechbrain_ext.utils.io_utils import round_floats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -288,10 +290,6 @@ def test_demo_trials_hold_every_cross_session_target_pair(tmp_path):
     """The demo's EER uses all cross-session target pairs of its 40 test
     speakers (as many non-target pairs): with 20 speakers and 500 of their
     960 pairs, the rounds' gains were within its noise (README)."""
-    from math import comb
-
-    from data_prep.synthetic import DEFAULT_SIZES
-
     options = hparams_for(tmp_path, name="demo.yaml")[
         "synthetic_corpus_options"
     ]
