@@ -13,9 +13,10 @@ run leaves an existing output untouched, and a killed one never leaves new
 labels beside an old report. Keys with whitespace, which the label lines
 cannot hold, are refused before any work; so is an unwritable output.
 
-With fewer embeddings than ``n_clusters``, K-Means uses one cluster per
-embedding and AHC is skipped when fewer K-Means clusters are used than
-``n_clusters_ahc`` (both with a warning).
+``n_clusters`` 0 skips K-Means: Ward AHC of the embeddings themselves
+(small corpora). With fewer embeddings than ``n_clusters``, K-Means uses one
+cluster per embedding and AHC is skipped when fewer K-Means clusters are
+used than ``n_clusters_ahc`` (both with a warning).
 
 To run::
 

@@ -367,6 +367,20 @@ def test_labels_are_compact_and_numbered_by_first_appearance():
     assert stats["n_clusters_ahc"] == 10 and stats["n_clusters"] == 50
 
 
+def test_no_kmeans_is_ward_of_the_embeddings_whatever_the_seed():
+    x, _ = speakers(n_speakers=8, per_speaker=25, spread=1.5)
+    reference = AgglomerativeClustering(8, linkage="ward").fit_predict(x)
+    stats = {}
+    full = pseudo_label(None, x, 0, 8, n_neighbors=None, stats=stats)
+    assert adjusted_rand_score(reference, full) == 1.0
+    assert stats["n_clusters"] == len(x) and stats["inertia"] == 0.0
+    graph = [pseudo_label(None, x, 0, 8, seed=seed) for seed in (0, 7)]
+    assert np.array_equal(graph[0], graph[1])
+    assert np.array_equal(
+        graph[0], pseudo_label(None, x, len(x), 8, seed=7)
+    )
+
+
 def test_ahc_zero_keeps_kmeans_clusters():
     x, _ = speakers(spread=1.5)
     assert len(np.unique(pseudo_label(None, x, 50, 0, seed=0))) == 50
@@ -385,7 +399,9 @@ def test_invalid_cluster_counts():
     x, _ = speakers()
     with pytest.raises(ValueError, match="larger than n_clusters"):
         pseudo_label(None, x, 10, 20)
-    with pytest.raises(ValueError, match="n_clusters >= 1"):
+    with pytest.raises(ValueError, match="n_clusters >= 0"):
+        pseudo_label(None, x, -1, 2)
+    with pytest.raises(ValueError, match="needs n_clusters_ahc >= 1"):
         pseudo_label(None, x, 0, 0)
     with pytest.raises(ValueError, match="keys"):
         pseudo_label(["a/b/c.wav"], x, 10, 2)

@@ -7,10 +7,12 @@ import pathlib
 import sys
 from math import comb
 
+import numpy as np
 import pytest
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.synthetic import DEFAULT_SIZES
+from speechbrain_ext.verification.clustering import pseudo_label
 from speechbrain_ext.utils.io_utils import round_floats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -301,6 +303,30 @@ def test_demo_trials_hold_every_cross_session_target_pair(tmp_path):
     )
     assert sizes["n_test_speakers"] == 40
     assert sizes["n_trials"] == 2 * targets == 3840
+
+
+def test_demo_pseudo_labels_do_not_depend_on_the_clustering_seed(tmp_path):
+    """The demo's pseudo-labels are Ward's of its embeddings, no K-Means:
+    120 K-Means clusters of its 480 utterances from random initial
+    centroids moved the labels' NMI by as much as a round gains (README)."""
+    demo = hparams_for(tmp_path, name="demo.yaml")
+    sizes = {**DEFAULT_SIZES, **demo["synthetic_corpus_options"]}
+    per_speaker = sizes["n_videos"] * sizes["n_utterances"]
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(sizes["n_train_speakers"], 32))
+    points = np.repeat(centres, per_speaker, axis=0)
+    points = (points + rng.normal(size=points.shape)).astype(np.float32)
+    labels = [
+        pseudo_label(
+            None,
+            points,
+            demo["n_kmeans_clusters"],
+            demo["n_pseudo_speakers"],
+            seed=seed,
+        )
+        for seed in (0, 1)
+    ]
+    assert np.array_equal(*labels)
 
 
 def test_cluster_last_round_measures_without_changing_lmft_labels(tmp_path):

@@ -36,6 +36,11 @@ scikit-learn's Ward with ``connectivity`` (the reference's), computed by
 reference, Ward runs on the centroids themselves, unweighted by cluster sizes
 (it is not Ward on the points).
 
+On a small corpus, :func:`pseudo_label` with ``n_clusters=0`` skips K-Means
+and runs Ward on the embeddings themselves: K-Means only makes Ward
+affordable at scale, and on a few hundred utterances its random initial
+centroids make the labels a draw (see the README's demo section).
+
 Example
 -------
 >>> import numpy as np
@@ -805,9 +810,12 @@ def pseudo_label(
     matrix : numpy.ndarray
         float32 ``[N, D]`` embeddings.
     n_clusters : int
-        K-Means clusters.
+        K-Means clusters; 0 skips K-Means: Ward AHC of the embeddings
+        themselves (each its own K-Means cluster), deterministic, for
+        corpora small enough that Ward's cost does not matter.
     n_clusters_ahc : int
-        Final clusters after Ward AHC; 0 skips AHC.
+        Final clusters after Ward AHC; 0 skips AHC (not with
+        ``n_clusters`` 0).
     seed : int
         Random seed (same seed, same labels).
     n_iter, method, device, n_candidates, sample_fraction, n_warmup
@@ -836,12 +844,16 @@ def pseudo_label(
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if keys is not None and len(keys) != len(matrix):
         raise ValueError(f"{len(keys)} keys but {len(matrix)} embeddings")
-    if n_clusters < 1 or n_clusters_ahc < 0:
+    if n_clusters < 0 or n_clusters_ahc < 0:
         raise ValueError(
-            f"need n_clusters >= 1 and n_clusters_ahc >= 0, got "
+            f"need n_clusters >= 0 and n_clusters_ahc >= 0, got "
             f"{n_clusters} and {n_clusters_ahc}"
         )
-    if n_clusters_ahc > n_clusters:
+    if n_clusters == 0 and n_clusters_ahc == 0:
+        raise ValueError(
+            "n_clusters=0 (no K-Means) needs n_clusters_ahc >= 1"
+        )
+    if n_clusters and n_clusters_ahc > n_clusters:
         raise ValueError(
             f"n_clusters_ahc={n_clusters_ahc} is larger than "
             f"n_clusters={n_clusters}"
@@ -856,17 +868,22 @@ def pseudo_label(
         )
         n_clusters = len(matrix)
     start = time.perf_counter()
-    centroids, labels, inertia = kmeans(
-        matrix,
-        n_clusters,
-        n_iter=n_iter,
-        seed=seed,
-        method=method,
-        device=device,
-        n_candidates=n_candidates,
-        sample_fraction=sample_fraction,
-        n_warmup=n_warmup,
-    )
+    if n_clusters == 0:
+        logger.info("no K-Means: Ward of the %d embeddings", len(matrix))
+        n_clusters = len(matrix)
+        centroids, labels, inertia = matrix, np.arange(n_clusters), 0.0
+    else:
+        centroids, labels, inertia = kmeans(
+            matrix,
+            n_clusters,
+            n_iter=n_iter,
+            seed=seed,
+            method=method,
+            device=device,
+            n_candidates=n_candidates,
+            sample_fraction=sample_fraction,
+            n_warmup=n_warmup,
+        )
     used, labels = np.unique(labels, return_inverse=True)
     stats.update(
         kmeans_s=time.perf_counter() - start,
