@@ -376,9 +376,7 @@ def test_no_kmeans_is_ward_of_the_embeddings_whatever_the_seed():
     assert stats["n_clusters"] == len(x) and stats["inertia"] == 0.0
     graph = [pseudo_label(None, x, 0, 8, seed=seed) for seed in (0, 7)]
     assert np.array_equal(graph[0], graph[1])
-    assert np.array_equal(
-        graph[0], pseudo_label(None, x, len(x), 8, seed=7)
-    )
+    assert np.array_equal(graph[0], pseudo_label(None, x, len(x), 8, seed=7))
 
 
 def test_ahc_zero_keeps_kmeans_clusters():

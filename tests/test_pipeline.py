@@ -12,8 +12,8 @@ import pytest
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.synthetic import DEFAULT_SIZES
-from speechbrain_ext.verification.clustering import pseudo_label
 from speechbrain_ext.utils.io_utils import round_floats
+from speechbrain_ext.verification.clustering import pseudo_label
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "pipeline.py"

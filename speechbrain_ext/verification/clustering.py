@@ -850,9 +850,7 @@ def pseudo_label(
             f"{n_clusters} and {n_clusters_ahc}"
         )
     if n_clusters == 0 and n_clusters_ahc == 0:
-        raise ValueError(
-            "n_clusters=0 (no K-Means) needs n_clusters_ahc >= 1"
-        )
+        raise ValueError("n_clusters=0 (no K-Means) needs n_clusters_ahc >= 1")
     if n_clusters and n_clusters_ahc > n_clusters:
         raise ValueError(
             f"n_clusters_ahc={n_clusters_ahc} is larger than "
